@@ -1,0 +1,89 @@
+"""Load weights named and shaped as in the original Keras DoubleU-Net into our network.
+
+Lets users of the authors' code bring their Keras weights along, and is how the parity test sets
+both models to the same numbers. Keras names its layers by creation order (``conv2d_7``, ``dense_3``,
+``batch_normalization_12``); our modules are registered in the same order, so the k-th conv, BN and
+dense outside VGG correspond one to one.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from .network import DoubleUNet
+
+
+def keras_layer_map(model: DoubleUNet) -> Dict[str, nn.Module]:
+    """Keras layer name -> our module, for every layer that holds weights."""
+    layers: Dict[str, nn.Module] = {}
+    vgg = model.encoder1.conv_layers()
+    blocks = [2, 2, 4, 4, 4]
+    i = 0
+    for b, n in enumerate(blocks, start=1):
+        for c in range(1, n + 1):
+            layers[f"block{b}_conv{c}"] = vgg[i]
+            i += 1
+    vgg_ids = {id(m) for m in vgg}
+    convs: List[nn.Module] = []
+    bns: List[nn.Module] = []
+    denses: List[nn.Module] = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and id(m) not in vgg_ids:
+            convs.append(m)
+        elif isinstance(m, nn.BatchNorm2d):
+            bns.append(m)
+        elif isinstance(m, nn.Linear):
+            denses.append(m)
+    for prefix, mods in (("conv2d", convs), ("batch_normalization", bns), ("dense", denses)):
+        for k, m in enumerate(mods):
+            layers[prefix if k == 0 else f"{prefix}_{k}"] = m
+    return layers
+
+
+def _to_torch(kind: str, module: nn.Module, value: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(our tensor, converted Keras value) for one Keras weight."""
+    t = torch.from_numpy(np.ascontiguousarray(value))
+    if kind == "kernel":
+        if isinstance(module, nn.Conv2d):
+            t = t.permute(3, 2, 0, 1)  # (kh, kw, in, out) -> (out, in, kh, kw)
+        else:
+            t = t.t()  # Dense (in, out) -> (out, in)
+        return module.weight, t
+    target = {
+        "bias": "bias",
+        "gamma": "weight",
+        "beta": "bias",
+        "moving_mean": "running_mean",
+        "moving_variance": "running_var",
+    }[kind]
+    return getattr(module, target), t
+
+
+def load_keras_weights(model: DoubleUNet, weights: Dict[str, np.ndarray]) -> None:
+    """Set every weight of ``model`` from ``{"layer/kind": array}`` in Keras layout; all must be present."""
+    layers = keras_layer_map(model)
+    expected = set()
+    for name, module in layers.items():
+        for kind in _kinds(module):
+            expected.add(f"{name}/{kind}")
+    missing = sorted(expected - set(weights))
+    unknown = sorted(set(weights) - expected)
+    if missing or unknown:
+        raise ValueError(f"Keras weights do not match DoubleU-Net: missing {missing[:5]}, unknown {unknown[:5]}")
+    with torch.no_grad():
+        for path, value in weights.items():
+            name, kind = path.split("/")
+            ours, theirs = _to_torch(kind, layers[name], value)
+            if tuple(ours.shape) != tuple(theirs.shape):
+                raise ValueError(f"{path}: Keras shape {tuple(theirs.shape)} != ours {tuple(ours.shape)}")
+            ours.copy_(theirs)
+
+
+def _kinds(module: nn.Module) -> List[str]:
+    if isinstance(module, nn.BatchNorm2d):
+        return ["gamma", "beta", "moving_mean", "moving_variance"]
+    return ["kernel"] + (["bias"] if module.bias is not None else [])

@@ -1,0 +1,95 @@
+"""VGG19 convolution stack as DoubleU-Net's first encoder, loadable from torchvision-format weights.
+
+Built here rather than imported from torchvision (not a dependency). The layers are grouped into the five
+stages whose outputs the network uses; ``TORCHVISION_INDEX`` maps each conv to its ``features.N`` index
+so a torchvision state dict (e.g. ``vgg19-dcbb9e9d.pth``) loads weight for weight. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import torch
+from torch import nn
+
+# Output channels of the 16 convs, per stage; a 2x2 max pool opens every stage but the first.
+STAGES: Tuple[Tuple[int, ...], ...] = ((64, 64), (128, 128), (256,) * 4, (512,) * 4, (512,) * 4)
+
+
+def _torchvision_indices() -> List[Tuple[int, int, int]]:
+    """(stage, position in the stage's Sequential, torchvision ``features`` index) for every conv."""
+    out = []
+    tv = 0
+    for s, convs in enumerate(STAGES):
+        pos = 0
+        if s > 0:
+            tv += 1  # the max pool
+            pos += 1
+        for _ in convs:
+            out.append((s, pos, tv))
+            tv += 2  # conv + ReLU
+            pos += 2
+    return out
+
+
+TORCHVISION_INDEX = _torchvision_indices()
+
+
+class VGG19Encoder(nn.Module):
+    """Returns the block5_conv4 bridge (1/16 size) and the four skips block1_conv2 .. block4_conv4."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        stages = []
+        in_ch = 3
+        for s, convs in enumerate(STAGES):
+            layers: List[nn.Module] = [nn.MaxPool2d(2, 2)] if s > 0 else []
+            for out_ch in convs:
+                layers += [nn.Conv2d(in_ch, out_ch, 3, padding=1), nn.ReLU(inplace=True)]
+                in_ch = out_ch
+            stages.append(nn.Sequential(*layers))
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        skips: List[torch.Tensor] = []
+        for stage in self.stages:
+            x = stage(x)
+            skips.append(x)
+        return skips[-1], skips[:-1]
+
+    def conv_layers(self) -> List[nn.Conv2d]:
+        """The 16 convs in VGG order (block1_conv1 .. block5_conv4)."""
+        return [self.stages[s][pos] for s, pos, _ in TORCHVISION_INDEX]
+
+    def load_torchvision_state_dict(self, source: str | Path | Dict[str, torch.Tensor]) -> None:
+        """Copy ``features.N.weight/bias`` from a torchvision VGG19 state dict; ``classifier.*`` is ignored.
+
+        A missing key or a shape that differs is an error naming it: a partial load would silently
+        train from a half-random encoder.
+        """
+        if isinstance(source, (str, Path)):
+            path = Path(source)
+            if not path.is_file():
+                raise FileNotFoundError(f"VGG19 weights file not found: {path}")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            state = source
+        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = state["state_dict"]
+        problems = []
+        tensors = {}
+        for conv, (_, _, tv) in zip(self.conv_layers(), TORCHVISION_INDEX):
+            for name, param in (("weight", conv.weight), ("bias", conv.bias)):
+                key = f"features.{tv}.{name}"
+                if key not in state:
+                    problems.append(f"missing key {key}")
+                elif tuple(state[key].shape) != tuple(param.shape):
+                    problems.append(f"{key} has shape {tuple(state[key].shape)}, expected {tuple(param.shape)}")
+                else:
+                    tensors[key] = (param, state[key])
+        if problems:
+            raise ValueError("not a torchvision VGG19 state dict: " + "; ".join(problems))
+        with torch.no_grad():
+            for param, value in tensors.values():
+                param.copy_(value)

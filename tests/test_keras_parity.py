@@ -1,0 +1,69 @@
+"""Numerical parity with the authors' Keras DoubleU-Net (fixture made with TF 2.21 / Keras 3.15).
+
+The fixture's README gives a closed-form rule for every weight; we regenerate them, load them into our
+network through the Keras-name mapping, and compare both stage outputs on the fixture's real image.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from doubleunet_segment.keras_port import load_keras_weights
+from doubleunet_segment.network import DoubleUNet
+
+FIXTURE = Path(os.environ.get("KERAS_PARITY_FIXTURE", Path(__file__).parents[1] / ".." / "shared" / "keras-parity"))
+
+pytestmark = pytest.mark.skipif(not (FIXTURE / "keras_weights.json").is_file(), reason=f"no fixture at {FIXTURE}")
+
+
+def closed_form_weight(k: int, phase: float, kind: str, shape: list) -> np.ndarray:
+    """Weight number k of the fixture's list, by its README's murmur3-finaliser rule."""
+    n = int(np.prod(shape))
+    mask = np.uint64(0xFFFFFFFF)
+    mult = (0x9E3779B9 * (k + int(phase) + 1)) & 0xFFFFFFFF
+    h = (np.arange(n, dtype=np.uint64) + np.uint64(mult)) & mask
+    h ^= h >> np.uint64(16)
+    h = (h * np.uint64(0x85EBCA6B)) & mask
+    h ^= h >> np.uint64(13)
+    h = (h * np.uint64(0xC2B2AE35)) & mask
+    h ^= h >> np.uint64(16)
+    t = (h.astype(np.float64) / 2.0**32 * 2.0 - 1.0).reshape(shape)
+    if kind == "kernel":
+        fan_in = int(np.prod(shape[:-1]))
+        w = np.sqrt(6.0 / fan_in) * t
+    else:
+        w = {
+            "bias": lambda: 0.1 * t,
+            "gamma": lambda: 1 + 0.2 * t,
+            "beta": lambda: 0.2 * t,
+            "moving_mean": lambda: 0.2 * t,
+            "moving_variance": lambda: 1 + 0.5 * np.abs(t),
+        }[kind]()
+    return w.astype(np.float32)
+
+
+def test_matches_keras_original_on_both_stages():
+    spec = json.loads((FIXTURE / "keras_weights.json").read_text())
+    assert float(spec["phase"]).is_integer(), "the rule is defined for whole-number phases"
+    weights = {w["path"]: closed_form_weight(w["index"], spec["phase"], w["kind"], w["shape"]) for w in spec["weights"]}
+    assert len(weights) == spec["n_weights"]
+    expected = np.load(FIXTURE / "output_nhwc.npy")
+    x = torch.from_numpy(np.load(FIXTURE / "input_nhwc.npy")).permute(0, 3, 1, 2).contiguous()
+
+    model = DoubleUNet(in_channels=3, out_channels=1).eval()
+    load_keras_weights(model, weights)
+    with torch.no_grad():
+        out1, out2 = model.forward_stages(x)
+    ours = torch.cat([torch.sigmoid(out1), torch.sigmoid(out2)], dim=1).permute(0, 2, 3, 1).numpy()
+
+    assert ours.shape == expected.shape
+    diff = np.abs(ours - expected).max(axis=(0, 1, 2))
+    assert diff[0] <= 1e-5, f"stage 1 differs from Keras by {diff[0]:.2e}"
+    assert diff[1] <= 1e-5, f"stage 2 differs from Keras by {diff[1]:.2e}"
+    # The eval-mode forward (padding path included) gives stage 2.
+    with torch.no_grad():
+        np.testing.assert_allclose(torch.sigmoid(model(x)).numpy(), expected[..., 1:].transpose(0, 3, 1, 2), atol=1e-5)
