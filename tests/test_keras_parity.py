@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from doubleunet_segment.keras_port import load_keras_weights
 from doubleunet_segment.network import DoubleUNet
 

@@ -8,8 +8,6 @@ dense outside VGG correspond one to one.
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
-
 import numpy as np
 import torch
 from torch import nn
@@ -17,9 +15,9 @@ from torch import nn
 from .network import DoubleUNet
 
 
-def keras_layer_map(model: DoubleUNet) -> Dict[str, nn.Module]:
+def keras_layer_map(model: DoubleUNet) -> dict[str, nn.Module]:
     """Keras layer name -> our module, for every layer that holds weights."""
-    layers: Dict[str, nn.Module] = {}
+    layers: dict[str, nn.Module] = {}
     vgg = model.encoder1.conv_layers()
     blocks = [2, 2, 4, 4, 4]
     i = 0
@@ -28,9 +26,9 @@ def keras_layer_map(model: DoubleUNet) -> Dict[str, nn.Module]:
             layers[f"block{b}_conv{c}"] = vgg[i]
             i += 1
     vgg_ids = {id(m) for m in vgg}
-    convs: List[nn.Module] = []
-    bns: List[nn.Module] = []
-    denses: List[nn.Module] = []
+    convs: list[nn.Module] = []
+    bns: list[nn.Module] = []
+    denses: list[nn.Module] = []
     for m in model.modules():
         if isinstance(m, nn.Conv2d) and id(m) not in vgg_ids:
             convs.append(m)
@@ -44,7 +42,7 @@ def keras_layer_map(model: DoubleUNet) -> Dict[str, nn.Module]:
     return layers
 
 
-def _to_torch(kind: str, module: nn.Module, value: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
+def _to_torch(kind: str, module: nn.Module, value: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """(our tensor, converted Keras value) for one Keras weight."""
     t = torch.from_numpy(np.ascontiguousarray(value))
     if kind == "kernel":
@@ -63,7 +61,7 @@ def _to_torch(kind: str, module: nn.Module, value: np.ndarray) -> Tuple[torch.Te
     return getattr(module, target), t
 
 
-def load_keras_weights(model: DoubleUNet, weights: Dict[str, np.ndarray]) -> None:
+def load_keras_weights(model: DoubleUNet, weights: dict[str, np.ndarray]) -> None:
     """Set every weight of ``model`` from ``{"layer/kind": array}`` in Keras layout; all must be present."""
     layers = keras_layer_map(model)
     expected = set()
@@ -83,7 +81,7 @@ def load_keras_weights(model: DoubleUNet, weights: Dict[str, np.ndarray]) -> Non
             ours.copy_(theirs)
 
 
-def _kinds(module: nn.Module) -> List[str]:
+def _kinds(module: nn.Module) -> list[str]:
     if isinstance(module, nn.BatchNorm2d):
         return ["gamma", "beta", "moving_mean", "moving_variance"]
     return ["kernel"] + (["bias"] if module.bias is not None else [])

@@ -8,8 +8,6 @@ image-pooling branch that averages the whole map, and half-pixel bilinear upsamp
 
 from __future__ import annotations
 
-from typing import List, Tuple
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -86,7 +84,7 @@ class ASPP(nn.Module):
 class Decoder(nn.Module):
     """x2 bilinear upsampling, concatenation with the skips of that size (deepest first), conv_block."""
 
-    def __init__(self, in_channels: int, skip_channels: List[int], filters: List[int]) -> None:
+    def __init__(self, in_channels: int, skip_channels: list[int], filters: list[int]) -> None:
         super().__init__()
         blocks = []
         for skip, f in zip(skip_channels, filters):
@@ -94,7 +92,7 @@ class Decoder(nn.Module):
             in_channels = f
         self.blocks = nn.ModuleList(blocks)
 
-    def forward(self, x: torch.Tensor, skips: List[List[torch.Tensor]]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, skips: list[list[torch.Tensor]]) -> torch.Tensor:
         for i, block in enumerate(self.blocks):
             x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
             x = block(torch.cat([x] + skips[i], dim=1))
@@ -104,7 +102,7 @@ class Decoder(nn.Module):
 class Encoder2(nn.Module):
     """The second U-Net's encoder: conv_block then 2x2 max pool, keeping each block's output as a skip."""
 
-    def __init__(self, in_channels: int, filters: List[int]) -> None:
+    def __init__(self, in_channels: int, filters: list[int]) -> None:
         super().__init__()
         blocks = []
         for f in filters:
@@ -112,8 +110,8 @@ class Encoder2(nn.Module):
             in_channels = f
         self.blocks = nn.ModuleList(blocks)
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-        skips: List[torch.Tensor] = []
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        skips: list[torch.Tensor] = []
         for block in self.blocks:
             x = block(x)
             skips.append(x)
@@ -163,7 +161,7 @@ class DoubleUNet(nn.Module):
             return torch.sigmoid(logits)
         return 1.0 - torch.softmax(logits, dim=1)[:, :1]
 
-    def forward_stages(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward_stages(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits of stage 1 and stage 2 for an input whose H and W are multiples of 16."""
         if self.in_channels == 1:
             x = x.expand(-1, 3, -1, -1)

@@ -8,16 +8,15 @@ so a torchvision state dict (e.g. ``vgg19-dcbb9e9d.pth``) loads weight for weigh
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Tuple
 
 import torch
 from torch import nn
 
 # Output channels of the 16 convs, per stage; a 2x2 max pool opens every stage but the first.
-STAGES: Tuple[Tuple[int, ...], ...] = ((64, 64), (128, 128), (256,) * 4, (512,) * 4, (512,) * 4)
+STAGES: tuple[tuple[int, ...], ...] = ((64, 64), (128, 128), (256,) * 4, (512,) * 4, (512,) * 4)
 
 
-def _torchvision_indices() -> List[Tuple[int, int, int]]:
+def _torchvision_indices() -> list[tuple[int, int, int]]:
     """(stage, position in the stage's Sequential, torchvision ``features`` index) for every conv."""
     out = []
     tv = 0
@@ -44,25 +43,25 @@ class VGG19Encoder(nn.Module):
         stages = []
         in_ch = 3
         for s, convs in enumerate(STAGES):
-            layers: List[nn.Module] = [nn.MaxPool2d(2, 2)] if s > 0 else []
+            layers: list[nn.Module] = [nn.MaxPool2d(2, 2)] if s > 0 else []
             for out_ch in convs:
                 layers += [nn.Conv2d(in_ch, out_ch, 3, padding=1), nn.ReLU(inplace=True)]
                 in_ch = out_ch
             stages.append(nn.Sequential(*layers))
         self.stages = nn.ModuleList(stages)
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-        skips: List[torch.Tensor] = []
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        skips: list[torch.Tensor] = []
         for stage in self.stages:
             x = stage(x)
             skips.append(x)
         return skips[-1], skips[:-1]
 
-    def conv_layers(self) -> List[nn.Conv2d]:
+    def conv_layers(self) -> list[nn.Conv2d]:
         """The 16 convs in VGG order (block1_conv1 .. block5_conv4)."""
         return [self.stages[s][pos] for s, pos, _ in TORCHVISION_INDEX]
 
-    def load_torchvision_state_dict(self, source: str | Path | Dict[str, torch.Tensor]) -> None:
+    def load_torchvision_state_dict(self, source: str | Path | dict[str, torch.Tensor]) -> None:
         """Copy ``features.N.weight/bias`` from a torchvision VGG19 state dict; ``classifier.*`` is ignored.
 
         A missing key or a shape that differs is an error naming it: a partial load would silently

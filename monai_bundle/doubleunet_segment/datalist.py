@@ -1,0 +1,151 @@
+"""Which files train and which validate: datalist JSONs, folder layouts, seeded splits, volume slicing.
+
+A dataset folder is either 2D (``images/`` + ``masks/``, same file names) or volumes (``imagesTr/`` +
+``labelsTr/`` NIfTI, the Decathlon layout); a MONAI datalist JSON (``training``/``validation`` lists,
+paths relative to the dataset folder) pins a split so anyone trains on the same cases.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from monai.data import load_decathlon_datalist
+from monai.transforms import LoadImage
+
+from .transforms import normalize
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
+
+
+def _has_suffix(path: Path, suffixes: tuple[str, ...]) -> bool:
+    return path.name.lower().endswith(suffixes)
+
+
+def scan_pairs(dataset_dir: str | Path) -> list[dict[str, str]]:
+    """Image/label pairs found in a 2D or Decathlon-style folder, paths relative to it, sorted by name."""
+    root = Path(dataset_dir)
+    for images, labels, suffixes in (("images", "masks", IMAGE_SUFFIXES), ("imagesTr", "labelsTr", VOLUME_SUFFIXES)):
+        if (root / images).is_dir() and (root / labels).is_dir():
+            pairs = []
+            for img in sorted((root / images).iterdir()):
+                if not _has_suffix(img, suffixes):
+                    continue
+                lab = root / labels / img.name
+                if not lab.is_file():
+                    raise FileNotFoundError(f"no label for {img}: expected {lab}")
+                pairs.append({"image": f"{images}/{img.name}", "label": f"{labels}/{img.name}"})
+            if not pairs:
+                raise FileNotFoundError(f"no images with suffix {suffixes} in {root / images}")
+            return pairs
+    raise FileNotFoundError(
+        f"{root} holds neither images/ + masks/ (2D) nor imagesTr/ + labelsTr/ (volumes); "
+        "pass a datalist JSON instead"
+    )
+
+
+def split_pairs(pairs: list[dict[str, str]], val_fraction: float = 1 / 9, seed: int = 42) -> dict[str, list]:
+    """Seeded train/validation split (default 8:1), stable for a given file list."""
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(len(pairs) * val_fraction))
+    val = sorted(order[:n_val])
+    train = sorted(order[n_val:])
+    return {"training": [pairs[i] for i in train], "validation": [pairs[i] for i in val]}
+
+
+def write_datalist(path: str | Path, datalist: dict[str, Any]) -> None:
+    Path(path).write_text(json.dumps(datalist, indent=1) + "\n")
+
+
+def load_items(dataset_dir: str | Path, datalist: str | Path | None, section: str, limit: int = 0) -> list[dict]:
+    """Absolute image/label paths of one section (``training`` or ``validation``).
+
+    With a datalist JSON its split is used; without one the folder is scanned and split with the
+    default seed, so an ad-hoc training run on a new folder still validates on unseen cases.
+    """
+    root = Path(dataset_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder not found: {root} (set --dataset_dir)")
+    if datalist:
+        items = load_decathlon_datalist(str(datalist), data_list_key=section, base_dir=str(root))
+    else:
+        split = split_pairs(scan_pairs(root))
+        items = [{k: str(root / v) for k, v in d.items()} for d in split[section]]
+    for item in items:
+        for key in ("image", "label"):
+            if key in item and not Path(item[key]).is_file():
+                raise FileNotFoundError(f"{section} {key} not found: {item[key]}")
+    return items[:limit] if limit else items
+
+
+def is_volume(path: str | Path) -> bool:
+    return _has_suffix(Path(path), VOLUME_SUFFIXES)
+
+
+def volume_slices(
+    items: list[dict], axis: int = 2, context: int = 0, normalization: str | None = None
+) -> list[dict]:
+    """Cut each volume of ``items`` into 2D slices along ``axis`` (0..2 of X, Y, Z).
+
+    ``normalization`` (see :func:`transforms.normalize`) is applied per volume before cutting, as the
+    engine does at inference: per-slice statistics would differ from per-volume ones.
+
+    ``context`` > 0 stacks that many neighbours on each side as channels (2.5D; edges repeat the
+    outer slice). Each slice keeps its case and index so metrics can be gathered per case.
+    2D image items pass through unchanged (they are loaded by the transforms).
+    """
+    loader = LoadImage(image_only=True, ensure_channel_first=True)
+    out: list[dict] = []
+    for item in items:
+        if not is_volume(item["image"]):
+            out.append(item)
+            continue
+        image = np.asarray(loader(item["image"]), dtype=np.float32)
+        if normalization:
+            image = normalize(image, normalization).numpy()
+        label = np.asarray(loader(item["label"])).astype(np.uint8) if "label" in item else None
+        image = np.moveaxis(image, axis + 1, 1)  # (C, S, a, b): slices second
+        n = image.shape[1]
+        for k in range(n):
+            idx = [min(max(k + d, 0), n - 1) for d in range(-context, context + 1)]
+            sample = {"image": image[:, idx].reshape(-1, *image.shape[2:]), "case": item["image"], "slice": k}
+            if label is not None:
+                sample["label"] = np.moveaxis(label, axis + 1, 1)[:, k]
+            out.append(sample)
+    return out
+
+
+def combined_split(root: str | Path, subsets: list[str], val_fraction: float = 1 / 9, seed: int = 42) -> dict:
+    """One datalist over several dataset folders under ``root``, split per folder so each keeps 8:1."""
+    out: dict[str, list] = {"training": [], "validation": []}
+    for name in subsets:
+        split = split_pairs(scan_pairs(Path(root) / name), val_fraction, seed)
+        for section, pairs in split.items():
+            out[section] += [{"image": f"{name}/{p['image']}", "label": f"{name}/{p['label']}", "dataset": name} for p in pairs]
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write a seeded train/validation datalist JSON for dataset folders.")
+    parser.add_argument("root", help="folder holding the dataset folders")
+    parser.add_argument("subsets", nargs="+", help="dataset folders under root (each images/+masks/ or imagesTr/+labelsTr/)")
+    parser.add_argument("-o", "--output", required=True, help="datalist JSON to write")
+    parser.add_argument("--val-fraction", type=float, default=1 / 9)
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args(argv)
+    split = combined_split(args.root, args.subsets, args.val_fraction, args.seed)
+    split["seed"] = args.seed
+    split["val_fraction"] = args.val_fraction
+    write_datalist(args.output, split)
+    print(f"{args.output}: {len(split['training'])} training, {len(split['validation'])} validation")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""Write and read DICOM SEG (binary segmentation) objects for a loaded source series, with highdicom.
+
+The SEG references the source instances frame by frame, carries the patient and study of the source, one
+segment per label value present (empty ones are left out, segment numbers renumbered 1..n as DICOM requires)
+and identifies the algorithm as AUTOMATIC / Artificial Intelligence. Source headers are normalised on copies
+only (real PACS data has empty SpecificCharacterSet values that highdicom refuses); user files are never
+touched. Output is written atomically.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from .atomic import atomic_path
+from .dicom_io import DicomSeries
+from .segments import SegmentInfo, segments_from_dicts
+
+__all__ = ["EmptySegmentationError", "read_dicom_seg", "write_dicom_seg"]
+
+MANUFACTURER = "DoubleU-Net Segment"
+
+
+class EmptySegmentationError(ValueError):
+    """Nothing was segmented and no segment can be described; the caller decides how to report it."""
+
+
+def _coded(code: tuple[str, str, str]) -> hd.sr.CodedConcept:
+    value, scheme, meaning = code
+    return hd.sr.CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
+
+
+def _description(number: int, info: SegmentInfo, algorithm: hd.AlgorithmIdentificationSequence):
+    description = hd.seg.SegmentDescription(
+        segment_number=number,
+        segment_label=info.name,
+        segmented_property_category=_coded(info.category),
+        segmented_property_type=_coded(info.type),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm,
+        display_color=hd.color.CIELabColor.from_rgb(*info.color),
+    )
+    if info.type_modifier is not None:
+        item = description.SegmentedPropertyTypeCodeSequence[0]
+        item.SegmentedPropertyTypeModifierCodeSequence = [_coded(info.type_modifier)]
+    return description
+
+
+def _normalised_copy(ds: Dataset) -> Dataset:
+    """A copy of a source header that highdicom accepts; identifiers are kept unchanged."""
+    ds = copy.deepcopy(ds)
+    charset = ds.get("SpecificCharacterSet")
+    if charset is not None:
+        values = [v for v in (charset if isinstance(charset, list | tuple) else [charset]) if str(v).strip()]
+        if values:
+            ds.SpecificCharacterSet = values if len(values) > 1 else values[0]
+        else:
+            del ds.SpecificCharacterSet  # empty means the default repertoire
+    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    return ds
+
+
+def _check_label_map(series: DicomSeries, label_map: np.ndarray, segments: list[SegmentInfo]) -> np.ndarray:
+    if label_map.shape != series.array.shape[1:]:
+        raise ValueError(f"label map shape {label_map.shape} does not match the series grid {series.array.shape[1:]}")
+    if not (np.issubdtype(label_map.dtype, np.integer) or label_map.dtype == bool):
+        raise ValueError(f"label map must hold integers, got {label_map.dtype}")
+    known = {s.value for s in segments}
+    unknown = sorted(set(np.unique(label_map).tolist()) - known - {0})
+    if unknown:
+        raise ValueError(f"label values {unknown} have no segment definition (defined: {sorted(known)})")
+    return label_map.astype(np.int64)
+
+
+def _source_frames(series: DicomSeries, numbered: np.ndarray) -> tuple[list[Dataset], np.ndarray]:
+    """Source headers and the (frames, rows, columns) array in the order highdicom expects."""
+    rows, columns = int(series.datasets[0].Rows), int(series.datasets[0].Columns)
+    multi_frame = any(frame > 0 for _, frame in series.slice_sources)
+    if multi_frame and len(series.datasets) > 1:
+        raise ValueError("DICOM SEG of a series made of several multi-frame instances is not supported")
+    count = len(series.slice_sources) if multi_frame else len(series.datasets)
+    pixels = np.zeros((count, rows, columns), dtype=np.uint16)
+    for k, (index, frame) in enumerate(series.slice_sources):
+        pixels[frame if multi_frame else index] = numbered[:, :, k].T  # (X, Y) -> (rows, columns)
+    return [_normalised_copy(ds) for ds in series.datasets], pixels
+
+
+def _series_number(series: DicomSeries) -> int:
+    try:
+        return int(float(series.series_number)) + 1000
+    except ValueError:
+        return 1000
+
+
+def write_dicom_seg(
+    series: DicomSeries,
+    label_map: np.ndarray,
+    segments: Sequence[SegmentInfo] | Sequence[dict[str, Any]],
+    path: str | os.PathLike,
+    *,
+    algorithm_name: str = "DoubleU-Net",
+    algorithm_version: str,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``label_map`` (X, Y, Z integers on the series grid) as a BINARY DICOM SEG and return its path.
+
+    Segments whose value is absent from the map are left out. When nothing at all is segmented, every
+    defined segment is still described and the SEG holds empty frames (a valid "nothing found" result).
+    """
+    infos = sorted(segments_from_dicts(list(segments)), key=lambda s: s.value)
+    if not infos:
+        raise EmptySegmentationError("no segment definitions given: a DICOM SEG needs at least one segment")
+    labels = _check_label_map(series, np.asarray(label_map), infos)
+    present = [s for s in infos if np.any(labels == s.value)]
+    described = present or infos
+    numbered = np.zeros(labels.shape, dtype=np.uint16)
+    for number, info in enumerate(present, start=1):
+        numbered[labels == info.value] = number
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=algorithm_name, family=codes.DCM.ArtificialIntelligence, version=algorithm_version
+    )
+    sources, pixels = _source_frames(series, numbered)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Person Name.*")  # one-component names are legal
+        seg = hd.seg.Segmentation(
+            source_images=sources,
+            pixel_array=pixels,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=[_description(n, info, algorithm) for n, info in enumerate(described, start=1)],
+            series_instance_uid=hd.UID(),
+            series_number=_series_number(series),
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer=MANUFACTURER,
+            manufacturer_model_name=algorithm_name,
+            software_versions=algorithm_version,
+            device_serial_number="0",
+            content_description=f"{algorithm_name} {algorithm_version} segmentation"[:64],
+            series_description=f"{algorithm_name} segmentation"[:64],
+            omit_empty_frames=bool(present),
+        )
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        seg.save_as(tmp, enforce_file_format=True)
+    return Path(path)
+
+
+def read_dicom_seg(path: str | os.PathLike, series: DicomSeries) -> tuple[np.ndarray, dict[int, str]]:
+    """Read a SEG back onto the grid of its source ``series``.
+
+    Returns the (X, Y, Z) uint16 label map holding segment numbers (overlaps resolved by highdicom, which
+    refuses them) and ``{segment number: segment label}``.
+    """
+    seg = hd.seg.segread(path)
+    labels = {int(item.SegmentNumber): str(item.SegmentLabel) for item in seg.SegmentSequence}
+    planes = _seg_planes(seg, series)
+    label_map = np.zeros(series.array.shape[1:], dtype=np.uint16)
+    for k, plane in enumerate(planes):
+        label_map[:, :, k] = plane.T
+    return label_map, labels
+
+
+def _seg_planes(seg: hd.seg.Segmentation, series: DicomSeries) -> np.ndarray:
+    """(Z, rows, columns) segment numbers for each slice of ``series``."""
+    options = {"combine_segments": True, "assert_missing_frames_are_empty": True, "dtype": np.uint16}
+    multi_frame = any(frame > 0 for _, frame in series.slice_sources)
+    if multi_frame:
+        return seg.get_pixels_by_source_frame(
+            source_sop_instance_uid=str(series.datasets[0].SOPInstanceUID),
+            source_frame_numbers=[frame + 1 for _, frame in series.slice_sources],
+            **options,
+        )
+    uids = [str(series.datasets[index].SOPInstanceUID) for index, _ in series.slice_sources]
+    return seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, **options)

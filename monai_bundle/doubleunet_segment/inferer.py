@@ -1,0 +1,117 @@
+"""Slice-by-slice inference with DoubleU-Net, as a MONAI Inferer the bundle configs and the engine share.
+
+A 2D network on volumes: MONAI's SliceInferer feeds each slice along ``slice_axis`` to the network,
+with in-plane sliding windows where slices exceed the trained size. Models trained on whole resized
+frames (the polyp model) instead see each whole slice scaled to their size and scaled back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from monai.inferers import Inferer, SliceInferer
+from torch import nn
+
+
+class ProbabilityNet(nn.Module):
+    """Wraps the network so a batch of slices maps to probabilities at the slices' own size.
+
+    ``resize_to`` scales each whole slice to the trained size and the prediction back; ``tta``
+    averages over horizontal and vertical flips (3x the compute).
+    """
+
+    def __init__(self, net: nn.Module, out_channels: int, resize_to: Sequence[int] | None, tta: bool) -> None:
+        super().__init__()
+        self.net = net
+        self.out_channels = out_channels
+        self.resize_to = tuple(resize_to) if resize_to else None
+        self.tta = tta
+
+    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.net(x).float()
+        return torch.sigmoid(logits) if self.out_channels == 1 else torch.softmax(logits, dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = tuple(x.shape[2:])
+        if self.resize_to is not None and size != self.resize_to:
+            x = F.interpolate(x, size=self.resize_to, mode="bilinear", align_corners=False)
+        p = self._probabilities(x)
+        if self.tta:
+            for dims in ([2], [3]):
+                p = p + torch.flip(self._probabilities(torch.flip(x, dims)), dims)
+            p = p / 3.0
+        if tuple(p.shape[2:]) != size:
+            p = F.interpolate(p, size=size, mode="bilinear", align_corners=False)
+        return p
+
+
+class DoubleUNetInferer(Inferer):
+    """Probabilities (N, K, spatial) for a 2D batch (N, C, X, Y) or a volume batch (N, C, X, Y, Z).
+
+    Args:
+        out_channels: K (1 = binary, sigmoid; more = classes, softmax).
+        roi_size: the trained in-plane size.
+        slice_axis: 0, 1 or 2 of (X, Y, Z) for volumes.
+        inplane: ``resize`` (whole slice scaled to roi_size) or ``sliding_window``.
+        sw_batch_size: slices (or windows) per forward pass.
+        overlap: sliding-window overlap.
+        tta: flip test-time augmentation.
+        amp: mixed precision on CUDA.
+    """
+
+    def __init__(
+        self,
+        out_channels: int = 1,
+        roi_size: Sequence[int] = (256, 256),
+        slice_axis: int = 2,
+        inplane: str = "resize",
+        sw_batch_size: int = 4,
+        overlap: float = 0.25,
+        tta: bool = False,
+        amp: bool = True,
+    ) -> None:
+        super().__init__()
+        if inplane not in ("resize", "sliding_window"):
+            raise ValueError(f"inplane must be 'resize' or 'sliding_window', got {inplane!r}")
+        self.out_channels = out_channels
+        self.roi_size = tuple(roi_size)
+        self.slice_axis = slice_axis
+        self.inplane = inplane
+        self.sw_batch_size = sw_batch_size
+        self.overlap = overlap
+        self.tta = tta
+        self.amp = amp
+
+    @classmethod
+    def for_model(cls, spec: Any, **kwargs: Any) -> DoubleUNetInferer:
+        """The inferer a :class:`models.ModelSpec` was trained for."""
+        return cls(
+            out_channels=spec.out_channels,
+            roi_size=spec.roi_size,
+            slice_axis=spec.slice_axis,
+            inplane=spec.inplane,
+            **kwargs,
+        )
+
+    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
+        is_2d = inputs.ndim == 4
+        volume = inputs[..., None] if is_2d else inputs
+        axis = 2 if is_2d else self.slice_axis
+        resize = self.inplane == "resize"
+        model = ProbabilityNet(network, self.out_channels, self.roi_size if resize else None, self.tta)
+        plane = [s for i, s in enumerate(volume.shape[2:]) if i != axis]
+        slicer = SliceInferer(
+            spatial_dim=axis,
+            roi_size=plane if resize else list(self.roi_size),
+            sw_batch_size=self.sw_batch_size,
+            overlap=self.overlap,
+            mode="gaussian",
+        )
+        use_amp = self.amp and volume.device.type == "cuda"
+        with torch.inference_mode(), torch.autocast(volume.device.type, enabled=use_amp):
+            out = slicer(volume, model)
+        out = torch.as_tensor(out).float()
+        return out[..., 0] if is_2d else out

@@ -1,0 +1,106 @@
+"""The shipped models and how to load one: by name (``polyp``), bundle folder, or weights file.
+
+A model is its weights plus a spec (channels, normalisation, in-plane handling, segment names), kept
+as data in ``models/catalog.json`` so the CLI, the bundle configs and the Slicer module agree on it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .network import DoubleUNet
+
+BUNDLE_ROOT = Path(__file__).resolve().parents[1]
+CATALOG_NAME = "catalog.json"
+
+
+@dataclass
+class ModelSpec:
+    """What the engine must know to run a trained DoubleU-Net."""
+
+    name: str
+    weights: Path
+    in_channels: int = 3
+    out_channels: int = 1
+    normalization: str = "median"
+    inplane: str = "resize"  # "resize" whole slices to roi_size, or "sliding_window" over them
+    roi_size: tuple[int, int] = (256, 256)
+    slice_axis: int = 2
+    threshold: float = 0.5
+    segments: str = "polyp"
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, name: str, d: dict[str, Any], models_dir: Path) -> ModelSpec:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k not in ("name", "weights")}
+        extra = {k: v for k, v in d.items() if k not in cls.__dataclass_fields__}
+        known["roi_size"] = tuple(known.get("roi_size", (256, 256)))
+        return cls(name=name, weights=models_dir / d["weights"], extra=extra, **known)
+
+
+def read_catalog(models_dir: Path = BUNDLE_ROOT / "models") -> dict[str, ModelSpec]:
+    data = json.loads((models_dir / CATALOG_NAME).read_text())
+    return {name: ModelSpec.from_dict(name, d, models_dir) for name, d in data["models"].items()}
+
+
+def default_model_name(models_dir: Path = BUNDLE_ROOT / "models") -> str:
+    return json.loads((models_dir / CATALOG_NAME).read_text())["default"]
+
+
+def resolve_model(choice: str | None) -> ModelSpec:
+    """A shipped model's name, a bundle folder (its catalog's default model) or a ``.pt`` weights file.
+
+    A bare weights file gets the default model's spec: it is assumed to be a retrained polyp model
+    unless a ``<file>.json`` spec sits beside it.
+    """
+    catalog = read_catalog()
+    if choice is None:
+        return catalog[default_model_name()]
+    if choice in catalog:
+        return catalog[choice]
+    path = Path(choice).expanduser()
+    if path.is_dir():
+        models_dir = path / "models" if (path / "models" / CATALOG_NAME).is_file() else path
+        if not (models_dir / CATALOG_NAME).is_file():
+            raise FileNotFoundError(f"{path} is not a DoubleU-Net bundle: no models/{CATALOG_NAME}")
+        return read_catalog(models_dir)[default_model_name(models_dir)]
+    if path.is_file():
+        sidecar = path.with_suffix(".json")
+        if sidecar.is_file():
+            return ModelSpec.from_dict(path.stem, {**json.loads(sidecar.read_text()), "weights": path.name}, path.parent)
+        base = catalog[default_model_name()]
+        return ModelSpec(**{**base.__dict__, "name": path.stem, "weights": path})
+    raise FileNotFoundError(f"unknown model {choice!r}: not one of {sorted(catalog)}, nor a bundle folder or weights file")
+
+
+def build_network(spec: ModelSpec) -> DoubleUNet:
+    return DoubleUNet(in_channels=spec.in_channels, out_channels=spec.out_channels)
+
+
+def load_state(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a plain ``model.pt`` or from a training checkpoint (``{"network": ...}``)."""
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"model weights not found: {path}. Train one with `python -m monai.bundle run training "
+            "--config_file monai_bundle/configs/train.json` or pass --model PATH."
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("network", "model", "state_dict"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    return {k.removeprefix("module."): v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def load_model(spec: ModelSpec, device: torch.device | str = "cpu") -> DoubleUNet:
+    net = build_network(spec)
+    try:
+        net.load_state_dict(load_state(spec.weights))
+    except RuntimeError as err:
+        raise ValueError(f"{spec.weights} does not fit model {spec.name!r}: {err}") from err
+    return net.to(device).eval()

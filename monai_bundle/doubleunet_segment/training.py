@@ -1,0 +1,83 @@
+"""Pieces of the training workflow that MONAI's handlers do not cover: resume, per-epoch log, curves."""
+
+from __future__ import annotations
+
+import csv
+import re
+import time
+from pathlib import Path
+
+import torch
+from ignite.engine import Engine, Events
+
+CHECKPOINT_PATTERN = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
+
+
+def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
+    """The newest ``checkpoint_epoch=N.pt`` written by the per-epoch CheckpointSaver, if any."""
+    found = []
+    for path in Path(ckpt_dir).glob("*checkpoint_epoch=*.pt"):
+        m = CHECKPOINT_PATTERN.search(path.name)
+        if m:
+            found.append((int(m.group(1)), path))
+    return max(found)[1] if found else None
+
+
+def attach_checkpoints(trainer: Engine, ckpt_dir: str | Path, objects: dict) -> None:
+    """Save a whole-state checkpoint every epoch and resume from the newest one on start.
+
+    Ignite writes checkpoints atomically (temp file + rename), so after a kill the newest file is
+    whole and training picks up at the epoch after it, with optimizer and scheduler state.
+    Attached after the trainer exists because the trainer is itself part of the saved state.
+    """
+    from monai.handlers import CheckpointLoader, CheckpointSaver
+
+    state = {**objects, "trainer": trainer}
+    path = latest_checkpoint(ckpt_dir)
+    if path is not None:
+        print(f"resuming from {path}")
+        CheckpointLoader(load_path=str(path), load_dict=state, map_location="cpu").attach(trainer)
+    CheckpointSaver(save_dir=str(ckpt_dir), save_dict=state, save_interval=1, epoch_level=True, n_saved=1).attach(trainer)
+
+
+class EpochLog:
+    """Appends one CSV row per epoch (loss, validation metric, learning rate, seconds) for the curves."""
+
+    def __init__(self, path: str | Path, evaluator: Engine, metric: str, optimizer: torch.optim.Optimizer) -> None:
+        self.path = Path(path)
+        self.evaluator = evaluator
+        self.metric = metric
+        self.optimizer = optimizer
+        self._losses: list[float] = []
+        self._start = time.monotonic()
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
+
+    def _epoch_started(self, engine: Engine) -> None:
+        self._losses = []
+        self._start = time.monotonic()
+
+    def _iteration(self, engine: Engine) -> None:
+        out = engine.state.output
+        item = out[0] if isinstance(out, list) else out
+        self._losses.append(float(item["loss"]))
+
+    def _epoch_completed(self, engine: Engine) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists()
+        val = self.evaluator.state.metrics.get(self.metric, float("nan")) if self.evaluator.state else float("nan")
+        row = {
+            "epoch": engine.state.epoch,
+            "train_loss": sum(self._losses) / max(len(self._losses), 1),
+            self.metric: val,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "seconds": round(time.monotonic() - self._start, 1),
+        }
+        with self.path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)

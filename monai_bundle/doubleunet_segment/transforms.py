@@ -1,0 +1,92 @@
+"""Intensity normalisations the shipped models were trained with, as plain functions and MONAI transforms.
+
+The engine and the bundle configs both go through these, so training and inference cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.transforms import MapTransform, NormalizeIntensity
+
+NORMALIZATIONS = ("median", "zscore", "imagenet", "unit")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize(image: np.ndarray | torch.Tensor, method: str) -> torch.Tensor:
+    """Channel-first image -> float32 tensor as the network expects it.
+
+    - ``median``: the paper's ``clip(x - median(x) + 127, 0, 255) / 255`` for 8-bit images; it evens out
+      the strong exposure differences between endoscopy frames.
+    - ``zscore``: per-volume z-score over non-zero voxels (MR has no absolute scale).
+    - ``imagenet``: x / 255 then ImageNet mean/std, to go with a torchvision-pretrained encoder.
+    - ``unit``: x / 255.
+    """
+    x = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image).float()
+    if method == "median":
+        return torch.clamp(x - x.median() + 127.0, 0.0, 255.0) / 255.0
+    if method == "zscore":
+        return torch.as_tensor(NormalizeIntensity(nonzero=True)(x)).float()
+    if method == "imagenet":
+        if x.shape[0] != 3:
+            raise ValueError(f"imagenet normalisation needs 3 channels, got {x.shape[0]}")
+        shape = (3,) + (1,) * (x.ndim - 1)
+        mean = torch.tensor(IMAGENET_MEAN).view(shape)
+        std = torch.tensor(IMAGENET_STD).view(shape)
+        return (x / 255.0 - mean) / std
+    if method == "unit":
+        return x / 255.0
+    raise ValueError(f"unknown normalisation {method!r}; choose one of {NORMALIZATIONS}")
+
+
+class Normalized(MapTransform):
+    """Dictionary transform around :func:`normalize`, for the bundle configs; keeps MetaTensor metadata."""
+
+    def __init__(self, keys: Sequence[Hashable], method: str, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if method not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalisation {method!r}; choose one of {NORMALIZATIONS}")
+        self.method = method
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            out = normalize(img, self.method)
+            if hasattr(img, "copy_meta_from"):
+                img = img.clone().float()
+                img.data = out  # keep affine and filename for the savers downstream
+                d[key] = img
+            else:
+                d[key] = out
+        return d
+
+
+def probabilities_to_labels(probs: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """(K, ...) probabilities -> (1, ...) labels: threshold if K = 1, else argmax (background = 0)."""
+    if probs.shape[0] == 1:
+        return (probs >= threshold).to(torch.uint8)
+    return probs.argmax(dim=0, keepdim=True).to(torch.uint8)
+
+
+class ProbabilitiesToLabelsd(MapTransform):
+    """Labels from the inferer's probabilities; ``one_hot`` gives the K-channel form MONAI metrics take."""
+
+    def __init__(self, keys: Sequence[Hashable], threshold: float = 0.5, one_hot: bool = False) -> None:
+        super().__init__(keys)
+        self.threshold = threshold
+        self.one_hot = one_hot
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            probs = d[key]
+            labels = probabilities_to_labels(probs, self.threshold)
+            if self.one_hot and probs.shape[0] > 1:
+                k = torch.arange(probs.shape[0], device=labels.device).view(-1, *([1] * (labels.ndim - 1)))
+                labels = (labels == k).to(torch.uint8)
+            d[key] = labels.float()
+        return d
