@@ -68,12 +68,17 @@ def _normalised_copy(ds: Dataset) -> Dataset:
     for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
         if keyword in ds:
             delattr(ds, keyword)
+    if "FrameOfReferenceUID" not in ds and "SliceThickness" not in ds and "PixelSpacing" in ds:
+        # highdicom would copy a Pixel Measures item without SliceThickness, which it then cannot read back
+        del ds.PixelSpacing
     return ds
 
 
 def _check_label_map(series: DicomSeries, label_map: np.ndarray, segments: list[SegmentInfo]) -> np.ndarray:
     if label_map.shape != series.array.shape[1:]:
-        raise ValueError(f"label map shape {label_map.shape} does not match the series grid {series.array.shape[1:]}")
+        raise ValueError(
+            f"label map shape {label_map.shape} does not match the series grid {series.array.shape[1:]}"
+        )
     if not (np.issubdtype(label_map.dtype, np.integer) or label_map.dtype == bool):
         raise ValueError(f"label map must hold integers, got {label_map.dtype}")
     known = {s.value for s in segments}
@@ -86,6 +91,11 @@ def _check_label_map(series: DicomSeries, label_map: np.ndarray, segments: list[
 def _source_frames(series: DicomSeries, numbered: np.ndarray) -> tuple[list[Dataset], np.ndarray]:
     """Source headers and the (frames, rows, columns) array in the order highdicom expects."""
     rows, columns = int(series.datasets[0].Rows), int(series.datasets[0].Columns)
+    if not _has_frame_of_reference(series) and len(series.slice_sources) > 1:
+        raise ValueError(
+            "DICOM SEG of images without patient geometry (no FrameOfReferenceUID) is supported for a single "
+            f"image only; this series has {len(series.slice_sources)} frames"
+        )
     multi_frame = any(frame > 0 for _, frame in series.slice_sources)
     if multi_frame and len(series.datasets) > 1:
         raise ValueError("DICOM SEG of a series made of several multi-frame instances is not supported")
@@ -94,6 +104,10 @@ def _source_frames(series: DicomSeries, numbered: np.ndarray) -> tuple[list[Data
     for k, (index, frame) in enumerate(series.slice_sources):
         pixels[frame if multi_frame else index] = numbered[:, :, k].T  # (X, Y) -> (rows, columns)
     return [_normalised_copy(ds) for ds in series.datasets], pixels
+
+
+def _has_frame_of_reference(series: DicomSeries) -> bool:
+    return "FrameOfReferenceUID" in series.datasets[0]
 
 
 def _series_number(series: DicomSeries) -> int:
@@ -137,7 +151,9 @@ def write_dicom_seg(
             source_images=sources,
             pixel_array=pixels,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=[_description(n, info, algorithm) for n, info in enumerate(described, start=1)],
+            segment_descriptions=[
+                _description(n, info, algorithm) for n, info in enumerate(described, start=1)
+            ],
             series_instance_uid=hd.UID(),
             series_number=_series_number(series),
             sop_instance_uid=hd.UID(),
@@ -150,6 +166,9 @@ def write_dicom_seg(
             series_description=f"{algorithm_name} segmentation"[:64],
             omit_empty_frames=bool(present),
         )
+    if not _has_frame_of_reference(series):
+        # Type 2C in the General Image module when there is no frame of reference
+        seg.PatientOrientation = series.datasets[0].get("PatientOrientation", "")
     with atomic_path(path, overwrite=overwrite) as tmp:
         seg.save_as(tmp, enforce_file_format=True)
     return Path(path)

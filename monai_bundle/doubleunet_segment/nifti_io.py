@@ -1,0 +1,147 @@
+"""NIfTI (and Slicer .seg.nrrd) output with an exact RAS affine, and NIfTI input in the same convention.
+
+Volumes are channel-first ``(C, X, Y, Z)``; label maps are ``(X, Y, Z)``. The affine given by the caller (from
+the DICOM reader, or from an input NIfTI) is written as both sform and qform with code 1 (scanner), so every
+viewer places the result exactly on its source. Writes are atomic (see :mod:`.atomic`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from .atomic import atomic_path
+from .segments import SegmentInfo, segments_from_dicts
+
+__all__ = ["label_dtype", "read_nifti", "write_nifti", "write_seg_nrrd"]
+
+
+def label_dtype(array: np.ndarray) -> np.dtype:
+    """Smallest common integer type holding a label map (uint8 for usual maps), float32 for images."""
+    if array.dtype == bool:
+        return np.dtype(np.uint8)
+    if not np.issubdtype(array.dtype, np.integer):
+        return np.dtype(np.float32)
+    low, high = (int(array.min()), int(array.max())) if array.size else (0, 0)
+    for dtype in (np.uint8, np.int16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= low and high <= info.max:
+            return np.dtype(dtype)
+    return np.dtype(np.int64)
+
+
+def _check_affine(affine: np.ndarray) -> np.ndarray:
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.allclose(affine[3], [0, 0, 0, 1]):
+        raise ValueError(f"affine must be a 4x4 homogeneous matrix, got {affine.tolist()}")
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise ValueError("affine is singular")
+    return affine
+
+
+def write_nifti(
+    array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, *, overwrite: bool = False
+) -> Path:
+    """Write an (X, Y, Z) label map or a (C, X, Y, Z) volume to ``path`` (.nii or .nii.gz) atomically.
+
+    C = 1 is written as a 3D image, C > 1 as 4D with the channel last (X, Y, Z, C), which MONAI and nibabel
+    read as channels. Integer and boolean arrays are stored in the smallest fitting integer type.
+    """
+    array = np.asarray(array)
+    if array.ndim == 4:
+        array = array[0] if array.shape[0] == 1 else np.moveaxis(array, 0, -1)
+    elif array.ndim != 3:
+        raise ValueError(f"expected (X, Y, Z) or (C, X, Y, Z), got shape {array.shape}")
+    affine = _check_affine(affine)
+    image = nib.Nifti1Image(array.astype(label_dtype(array), copy=False), affine)
+    image.set_sform(affine, code=1)
+    image.set_qform(affine, code=1)
+    image.header.set_xyzt_units("mm")
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        nib.save(image, tmp)
+    return Path(path)
+
+
+def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read a NIfTI image as ``((C, X, Y, Z) float32, 4x4 RAS affine)``; 2D images get Z = 1."""
+    image = nib.load(path)
+    data = np.asarray(image.get_fdata(dtype=np.float32))
+    if data.ndim == 2:
+        data = data[:, :, None]
+    if data.ndim == 3:
+        data = data[None]
+    elif data.ndim == 4:
+        data = np.moveaxis(data, -1, 0)
+    elif data.ndim == 5 and data.shape[3] == 1:  # NIfTI vector images: (X, Y, Z, 1, C)
+        data = np.moveaxis(data[:, :, :, 0], -1, 0)
+    else:
+        raise ValueError(f"{path}: unsupported NIfTI shape {data.shape}")
+    return np.ascontiguousarray(data), np.asarray(image.affine, dtype=np.float64)
+
+
+def _slicer_code(code: tuple[str, str, str]) -> str:
+    """Slicer terminology strings order a code as scheme^value^meaning."""
+    value, scheme, meaning = code
+    return f"{scheme}^{value}^{meaning}"
+
+
+def _nrrd_header(label_map: np.ndarray, affine: np.ndarray, segments: list[SegmentInfo]) -> dict[str, Any]:
+    """NRRD header in LPS space plus the per-segment keys 3D Slicer reads (names, colours, terminology)."""
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+    header: dict[str, Any] = {
+        "type": "unsigned char" if label_map.dtype == np.uint8 else "short",
+        "dimension": 3,
+        "space": "left-posterior-superior",
+        "space directions": lps[:3, :3].T,
+        "space origin": lps[:3, 3],
+        "kinds": ["domain", "domain", "domain"],
+        "encoding": "gzip",
+        "Segmentation_MasterRepresentation": "Binary labelmap",
+        "Segmentation_ContainedRepresentationNames": "Binary labelmap|",
+        "Segmentation_ReferenceImageExtentOffset": "0 0 0",
+    }
+    extent = " ".join(f"0 {n - 1}" for n in label_map.shape)
+    for index, info in enumerate(segments):
+        category, kind = _slicer_code(info.category), _slicer_code(info.type)
+        modifier = _slicer_code(info.type_modifier) if info.type_modifier else "^^"
+        prefix = f"Segment{index}_"
+        header[prefix + "ID"] = f"Segment_{info.value}"
+        header[prefix + "Name"] = info.name
+        header[prefix + "NameAutoGenerated"] = "0"
+        header[prefix + "Color"] = " ".join(f"{c / 255:.6g}" for c in info.color)
+        header[prefix + "ColorAutoGenerated"] = "0"
+        header[prefix + "LabelValue"] = str(info.value)
+        header[prefix + "Layer"] = "0"
+        header[prefix + "Extent"] = extent
+        header[prefix + "Tags"] = (
+            "TerminologyEntry:Segmentation category and type - DICOM master list"
+            f"~{category}~{kind}~{modifier}~Anatomic codes - DICOM master list~^^~^^|"
+        )
+    return header
+
+
+def write_seg_nrrd(
+    label_map: np.ndarray,
+    affine: np.ndarray,
+    segments: Sequence[SegmentInfo] | Sequence[dict[str, Any]],
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write an (X, Y, Z) label map as a 3D Slicer segmentation (.seg.nrrd) with segment names and colours."""
+    import nrrd  # optional dependency (pynrrd), only needed for this format
+
+    label_map = np.asarray(label_map)
+    if label_map.ndim != 3:
+        raise ValueError(f"expected an (X, Y, Z) label map, got shape {label_map.shape}")
+    infos = sorted(segments_from_dicts(list(segments)), key=lambda s: s.value)
+    data = label_map.astype(np.uint8 if label_map.max(initial=0) < 256 else np.int16)
+    header = _nrrd_header(data, _check_affine(affine), infos)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        nrrd.write(str(tmp), data, header, index_order="F")
+    return Path(path)
