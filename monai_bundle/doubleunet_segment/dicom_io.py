@@ -25,7 +25,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 __all__ = [
     "DicomSeries",
@@ -146,6 +146,22 @@ def _skip_reason(ds: Dataset) -> str | None:
     return None
 
 
+def _dcmread(path: Path, stop_before_pixels: bool = False) -> Dataset:
+    """Read a Part 10 file, or a bare dataset without file meta (older exports) when it has a SOP class."""
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError:
+        ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
+        if "SOPClassUID" not in ds:
+            raise
+    if "TransferSyntaxUID" not in ds.file_meta:  # needed to decode pixels; guessed from the encoding read
+        implicit, little = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+        )
+    return ds
+
+
 def _iter_files(folder: Path) -> Iterable[Path]:
     for root, dirs, names in os.walk(folder):
         dirs.sort()
@@ -166,7 +182,7 @@ def find_dicom_series(folder: str | os.PathLike) -> tuple[list[SeriesRef], list[
     skipped: list[str] = []
     for path in _iter_files(folder):
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            ds = _dcmread(path, stop_before_pixels=True)
         except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
             skipped.append(f"{path}: skipped, not a readable DICOM file ({exc.__class__.__name__})")
             continue
@@ -400,7 +416,7 @@ def _read_datasets(files: list[Path]) -> list[Dataset]:
     datasets = []
     for path in files:
         try:
-            datasets.append(pydicom.dcmread(path))
+            datasets.append(_dcmread(path))
         except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
             raise DicomSeriesError(f"cannot read {path}: {exc}") from exc
     return datasets
@@ -416,9 +432,22 @@ def _decode(ds: Dataset, path: Path) -> np.ndarray:
             pixels = apply_color_lut(pixels, ds)
     except Exception as exc:  # any decoder failure (missing plugin, corrupt stream) is a broken series
         raise DicomSeriesError(f"cannot decode pixel data of {path}: {exc}") from exc
+    if _text(ds, "PhotometricInterpretation") == "MONOCHROME1":
+        pixels = _invert_monochrome1(pixels, ds)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     samples = 3 if pixels.shape[-1] == 3 and pixels.ndim == (4 if frames > 1 else 3) else 1
     return pixels.reshape(frames, int(ds.Rows), int(ds.Columns), samples)
+
+
+def _invert_monochrome1(pixels: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Make higher values brighter, as SimpleITK/GDCM do: stored values mirrored within their range."""
+    bits = int(ds.get("BitsStored", 8 * pixels.dtype.itemsize))
+    low, high = (
+        (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+        if int(ds.get("PixelRepresentation", 0))
+        else (0, 2**bits - 1)
+    )
+    return (low + high) - pixels.astype(np.int64)
 
 
 def _is_rgb(ds: Dataset) -> bool:
@@ -507,8 +536,6 @@ def load_series(series: SeriesRef | Iterable[str | os.PathLike]) -> DicomSeries:
         frame.dataset_index = remap[frame.dataset_index]
     first = datasets[0]
     rgb = _is_rgb(first)
-    if _text(first, "PhotometricInterpretation") == "MONOCHROME1":
-        warnings.append("MONOCHROME1: low values display white; intensities are kept as stored")
     array = _fill_array(datasets, files, frames, rgb)
     return DicomSeries(
         study_uid=_text(first, "StudyInstanceUID"),
