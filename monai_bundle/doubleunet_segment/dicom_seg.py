@@ -189,9 +189,31 @@ def read_dicom_seg(path: str | os.PathLike, series: DicomSeries) -> tuple[np.nda
     return label_map, labels
 
 
+def _locations_not_preserved(seg: hd.seg.Segmentation) -> bool:
+    """True when a frame states that it was resampled from its source (SpatialLocationsPreserved NO)."""
+    for frame in seg.get("PerFrameFunctionalGroupsSequence", []):
+        for derivation in frame.get("DerivationImageSequence", []):
+            for source in derivation.get("SourceImageSequence", []):
+                if source.get("SpatialLocationsPreserved", "YES") == "NO":
+                    return True
+    return False
+
+
 def _seg_planes(seg: hd.seg.Segmentation, series: DicomSeries) -> np.ndarray:
-    """(Z, rows, columns) segment numbers for each slice of ``series``."""
-    options = {"combine_segments": True, "assert_missing_frames_are_empty": True, "dtype": np.uint16}
+    """(Z, rows, columns) segment numbers for each slice of ``series``.
+
+    SEGs from other tools (dcmqi) often omit SpatialLocationsPreserved; only an explicit NO is refused.
+    """
+    if _locations_not_preserved(seg):
+        raise ValueError(
+            "the SEG frames were resampled from their sources and cannot be mapped onto the series"
+        )
+    options = {
+        "combine_segments": True,
+        "assert_missing_frames_are_empty": True,
+        "ignore_spatial_locations": True,
+        "dtype": np.uint16,
+    }
     multi_frame = any(frame > 0 for _, frame in series.slice_sources)
     if multi_frame:
         return seg.get_pixels_by_source_frame(
