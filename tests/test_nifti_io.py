@@ -1,0 +1,152 @@
+"""NIfTI / .seg.nrrd output with exact geometry, atomic writes and segment definitions."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import nrrd
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from doubleunet_segment.atomic import atomic_path, atomic_write_text, refuse_overwrite
+from doubleunet_segment.dicom_io import DicomSeries, load_series
+from doubleunet_segment.nifti_io import read_nifti, write_nifti, write_seg_nrrd
+from doubleunet_segment.segments import HIPPOCAMPUS_SEGMENTS, POLYP_SEGMENTS, SegmentInfo
+from pydicom.sr.codedict import codes
+
+DATA = Path("/work/shared/data")
+CT_DIR = DATA / "dcmqi-ct3slice-seg"
+HIPPO_IMAGE = DATA / "msd-hippocampus" / "imagesTr" / "hippocampus_001.nii.gz"
+
+
+@pytest.fixture(scope="module")
+def ct(tmp_path_factory: pytest.TempPathFactory) -> DicomSeries:
+    folder = shutil.copytree(CT_DIR / "ct-3slice", tmp_path_factory.mktemp("ct") / "ct")
+    return load_series(sorted(folder.glob("*.dcm")))
+
+
+@pytest.fixture(scope="module")
+def liver() -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(CT_DIR / "liver_seg.nrrd"))).transpose(2, 1, 0)
+
+
+def assert_same_sitk_geometry(a: sitk.Image, b: sitk.Image) -> None:
+    np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-5)
+    np.testing.assert_allclose(a.GetDirection(), b.GetDirection(), atol=1e-6)
+
+
+def test_label_map_nifti_on_the_dicom_grid(tmp_path: Path, ct: DicomSeries, liver: np.ndarray) -> None:
+    path = write_nifti(liver, ct.affine, tmp_path / "liver.nii.gz")
+    image = nib.load(path)
+    assert image.get_data_dtype() == np.uint8
+    assert int(image.header["sform_code"]) == 1 and int(image.header["qform_code"]) == 1
+    np.testing.assert_allclose(image.affine, ct.affine, atol=1e-5)
+    np.testing.assert_allclose(image.get_qform(), ct.affine, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(image.dataobj), liver)
+    # SimpleITK places it exactly where it places the DICOM series and dcmqi's NRRD of the same mask
+    assert_same_sitk_geometry(sitk.ReadImage(str(path)), sitk.ReadImage(str(CT_DIR / "liver_seg.nrrd")))
+
+
+def test_oblique_affine_and_volume_round_trip(tmp_path: Path) -> None:
+    rotation = np.array([[0.8, -0.36, 0.48], [0.6, 0.48, -0.64], [0.0, -0.8, -0.6]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([0.9, 1.2, 1.5])
+    affine[:3, 3] = [12.5, -30.25, 41.0]
+    volume = np.random.default_rng(0).normal(size=(1, 7, 6, 5)).astype(np.float32)
+    path = write_nifti(volume, affine, tmp_path / "v.nii")
+    array, read_affine = read_nifti(path)
+    np.testing.assert_array_equal(array, volume)
+    np.testing.assert_allclose(read_affine, affine, atol=1e-5)
+    np.testing.assert_allclose(nib.load(path).get_qform(), affine, atol=1e-5)
+
+
+def test_rgb_volume_round_trip(tmp_path: Path) -> None:
+    rgb = np.random.default_rng(1).integers(0, 256, size=(3, 8, 5, 2)).astype(np.uint8)
+    path = write_nifti(rgb, np.diag([-1.0, -1.0, 1.0, 1.0]), tmp_path / "rgb.nii.gz")
+    assert nib.load(path).shape == (8, 5, 2, 3)
+    array, _ = read_nifti(path)
+    np.testing.assert_array_equal(array, rgb)
+
+
+def test_read_real_nifti() -> None:
+    array, affine = read_nifti(HIPPO_IMAGE)
+    assert array.shape == (1, 35, 51, 35) and array.dtype == np.float32
+    np.testing.assert_array_equal(array[0], nib.load(HIPPO_IMAGE).get_fdata())
+    np.testing.assert_allclose(affine, nib.load(HIPPO_IMAGE).affine)
+
+
+def test_bad_inputs(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="4x4"):
+        write_nifti(np.zeros((2, 2, 2)), np.eye(3), tmp_path / "x.nii")
+    with pytest.raises(ValueError, match="shape"):
+        write_nifti(np.zeros((2, 2)), np.eye(4), tmp_path / "x.nii")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_seg_nrrd_for_slicer(tmp_path: Path, ct: DicomSeries, liver: np.ndarray) -> None:
+    labels = liver.astype(np.uint8) * 2
+    path = write_seg_nrrd(labels, ct.affine, HIPPOCAMPUS_SEGMENTS, tmp_path / "out.seg.nrrd")
+    data, header = nrrd.read(str(path))
+    np.testing.assert_array_equal(data, labels)
+    assert header["Segment1_Name"] == "Posterior hippocampus" and header["Segment1_LabelValue"] == "2"
+    assert header["Segment0_Color"] == "0.862745 0.705882 0.235294"
+    assert "~SCT^5366008^Hippocampus~SCT^255549009^Anterior~" in header["Segment0_Tags"]
+    assert_same_sitk_geometry(sitk.ReadImage(str(path)), sitk.ReadImage(str(CT_DIR / "liver_seg.nrrd")))
+
+
+def test_segment_definitions_use_known_codes() -> None:
+    assert codes.SCT.Hippocampus.value == "5366008"
+    assert codes.SCT.PolypOfColon.value == POLYP_SEGMENTS[0].type[0]
+    assert codes.SCT.AnatomicalStructure.value == HIPPOCAMPUS_SEGMENTS[0].category[0]
+    assert codes.SCT.MorphologicallyAbnormalStructure.value == POLYP_SEGMENTS[0].category[0]
+    assert codes.SCT.Anterior.value == HIPPOCAMPUS_SEGMENTS[0].type_modifier[0]
+    assert codes.SCT.Posterior.value == HIPPOCAMPUS_SEGMENTS[1].type_modifier[0]
+    assert [s.value for s in HIPPOCAMPUS_SEGMENTS] == [1, 2] and POLYP_SEGMENTS[0].value == 1
+    for info in [*POLYP_SEGMENTS, *HIPPOCAMPUS_SEGMENTS]:
+        assert SegmentInfo.from_dict(json.loads(json.dumps(info.to_dict()))) == info
+
+
+# ------------------------------------------------------------------------------------------- atomic writes
+
+
+def test_refuse_overwrite_keeps_existing_file(tmp_path: Path) -> None:
+    target = tmp_path / "result.nii.gz"
+    target.write_bytes(b"previous result")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        write_nifti(np.zeros((2, 2, 2), np.uint8), np.eye(4), target)
+    assert target.read_bytes() == b"previous result"
+    refuse_overwrite(tmp_path / "new.nii", overwrite=False)  # absent: fine
+    write_nifti(np.ones((2, 2, 2), np.uint8), np.eye(4), target, overwrite=True)
+    assert np.asarray(nib.load(target).dataobj).sum() == 8
+    assert [p.name for p in tmp_path.iterdir()] == ["result.nii.gz"]
+
+
+def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "report.json"
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text('{"half": ')
+        assert tmp.parent == target.parent and tmp.name.endswith(".json")
+        raise RuntimeError("crash while writing")
+    assert list(target.parent.iterdir()) == []
+
+
+def test_target_appearing_during_write_is_not_replaced(tmp_path: Path) -> None:
+    target = tmp_path / "a.txt"
+    with pytest.raises(FileExistsError), atomic_path(target) as tmp:
+        tmp.write_text("mine")
+        target.write_text("someone else's")
+    assert target.read_text() == "someone else's"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_atomic_text_permissions_follow_umask(tmp_path: Path) -> None:
+    path = atomic_write_text(tmp_path / "x.txt", "hello")
+    assert path.read_text() == "hello"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
