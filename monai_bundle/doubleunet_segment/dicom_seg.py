@@ -166,6 +166,8 @@ def write_dicom_seg(
             series_description=f"{algorithm_name} segmentation"[:64],
             omit_empty_frames=bool(present),
         )
+    if "ContentCreatorName" not in seg:
+        seg.ContentCreatorName = ""  # Type 2: present, empty for an automatic result (dcmqi warns if absent)
     if not _has_frame_of_reference(series):
         # Type 2C in the General Image module when there is no frame of reference
         seg.PatientOrientation = series.datasets[0].get("PatientOrientation", "")
