@@ -15,7 +15,7 @@ import torch
 
 from .inferer import DoubleUNetInferer
 from .models import ModelSpec, load_model
-from .transforms import normalize
+from .transforms import Normalize, ProbabilitiesToLabels
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -57,6 +57,8 @@ class Engine:
         batch_size: slices per forward pass.
         tta: average over flipped copies (3x the compute).
         threshold: foreground probability cut for binary models (default: the model's own).
+        network, inferer, preprocessing, postprocessing: replace the parts built from ``spec``
+            (the bundle's inference config passes its own components this way).
     """
 
     def __init__(
@@ -66,13 +68,18 @@ class Engine:
         batch_size: int = 4,
         tta: bool = False,
         threshold: float | None = None,
+        network: torch.nn.Module | None = None,
+        inferer: DoubleUNetInferer | None = None,
+        preprocessing: Callable[[np.ndarray], torch.Tensor] | None = None,
+        postprocessing: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         self.spec = spec
         self.device, self.device_reason = pick_device(device)
-        self.batch_size = batch_size
         self.threshold = spec.threshold if threshold is None else threshold
-        self.network = load_model(spec, self.device)
-        self.inferer = DoubleUNetInferer.for_model(spec, sw_batch_size=batch_size, tta=tta)
+        self.network = (network or load_model(spec)).to(self.device).eval()
+        self.inferer = inferer or DoubleUNetInferer.for_model(spec, sw_batch_size=batch_size, tta=tta)
+        self.preprocessing = preprocessing or Normalize(spec.normalization)
+        self.postprocessing = postprocessing or ProbabilitiesToLabels(self.threshold)
 
     def _check_channels(self, volume: np.ndarray) -> np.ndarray:
         if volume.ndim != 4:
@@ -83,14 +90,13 @@ class Engine:
         if c == 3 and self.spec.in_channels == 1:
             return volume.mean(axis=0, keepdims=True)  # an RGB rendering of a grey image
         if c == 1 and self.spec.in_channels == 3:
-            return volume  # the network repeats grey to three channels itself
+            return np.repeat(volume, 3, axis=0)  # grey shown to an RGB model as equal channels
         raise ValueError(f"model {self.spec.name!r} takes {self.spec.in_channels} channel(s), the input has {c}")
 
     def predict(self, volume: np.ndarray, progress: ProgressCallback | None = None, chunk: int = 16) -> np.ndarray:
         """(C, X, Y, Z) volume -> (K, X, Y, Z) float32 probabilities, along the model's slice axis."""
-        volume = self._check_channels(volume)
-        x = normalize(volume, self.spec.normalization)
-        axis = self.spec.slice_axis
+        x = self.preprocessing(self._check_channels(volume))
+        axis = self.inferer.slice_axis
         n = x.shape[axis + 1]
         out = np.zeros((self.spec.out_channels, *x.shape[1:]), dtype=np.float32)
         for start in range(0, n, chunk):
@@ -103,13 +109,6 @@ class Engine:
                 progress(stop, n)
         return out
 
-    def labels_from(self, probabilities: np.ndarray, threshold: float | None = None) -> np.ndarray:
-        """Label map from probabilities: threshold for binary models, argmax for multi-class."""
-        if probabilities.shape[0] == 1:
-            cut = self.threshold if threshold is None else threshold
-            return (probabilities[0] >= cut).astype(np.uint8)
-        return probabilities.argmax(axis=0).astype(np.uint8)
-
     def segment(self, volume: np.ndarray, progress: ProgressCallback | None = None) -> Segmentation:
         probs = self.predict(volume, progress)
-        return Segmentation(probs, self.labels_from(probs), str(self.device), self.device_reason)
+        return Segmentation(probs, self.postprocessing(probs), str(self.device), self.device_reason)

@@ -14,6 +14,9 @@ from typing import Any
 import torch
 
 from .network import DoubleUNet
+from .segments import HIPPOCAMPUS_SEGMENTS, POLYP_SEGMENTS, SegmentInfo, segments_from_dicts
+
+SEGMENT_SETS = {"polyp": POLYP_SEGMENTS, "hippocampus": HIPPOCAMPUS_SEGMENTS}
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 CATALOG_NAME = "catalog.json"
@@ -32,7 +35,7 @@ class ModelSpec:
     roi_size: tuple[int, int] = (256, 256)
     slice_axis: int = 2
     threshold: float = 0.5
-    segments: str = "polyp"
+    segments: str | list = "polyp"  # a named set of SEGMENT_SETS, or a list of SegmentInfo dicts
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -42,6 +45,15 @@ class ModelSpec:
         extra = {k: v for k, v in d.items() if k not in cls.__dataclass_fields__}
         known["roi_size"] = tuple(known.get("roi_size", (256, 256)))
         return cls(name=name, weights=models_dir / d["weights"], extra=extra, **known)
+
+
+    def segment_infos(self) -> list[SegmentInfo]:
+        """Names, colours and codes of the label values this model writes."""
+        if isinstance(self.segments, str):
+            if self.segments not in SEGMENT_SETS:
+                raise ValueError(f"model {self.name!r}: unknown segment set {self.segments!r}")
+            return SEGMENT_SETS[self.segments]
+        return segments_from_dicts(self.segments)
 
 
 def read_catalog(models_dir: Path = BUNDLE_ROOT / "models") -> dict[str, ModelSpec]:
@@ -98,6 +110,7 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_model(spec: ModelSpec, device: torch.device | str = "cpu") -> DoubleUNet:
+    """The spec's network with its trained weights, in eval mode; a mismatch names the file."""
     net = build_network(spec)
     try:
         net.load_state_dict(load_state(spec.weights))

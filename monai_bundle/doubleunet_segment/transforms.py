@@ -42,6 +42,18 @@ def normalize(image: np.ndarray | torch.Tensor, method: str) -> torch.Tensor:
     raise ValueError(f"unknown normalisation {method!r}; choose one of {NORMALIZATIONS}")
 
 
+class Normalize:
+    """Array transform around :func:`normalize`: the engine's (and inference config's) preprocessing."""
+
+    def __init__(self, method: str) -> None:
+        if method not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalisation {method!r}; choose one of {NORMALIZATIONS}")
+        self.method = method
+
+    def __call__(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        return normalize(image, self.method)
+
+
 class Normalized(MapTransform):
     """Dictionary transform around :func:`normalize`, for the bundle configs; keeps MetaTensor metadata."""
 
@@ -70,6 +82,16 @@ def probabilities_to_labels(probs: torch.Tensor, threshold: float = 0.5) -> torc
     if probs.shape[0] == 1:
         return (probs >= threshold).to(torch.uint8)
     return probs.argmax(dim=0, keepdim=True).to(torch.uint8)
+
+
+class ProbabilitiesToLabels:
+    """Array transform around :func:`probabilities_to_labels`: the engine's postprocessing."""
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        self.threshold = threshold
+
+    def __call__(self, probs: np.ndarray | torch.Tensor) -> np.ndarray:
+        return probabilities_to_labels(torch.as_tensor(probs), self.threshold)[0].numpy()
 
 
 class ProbabilitiesToLabelsd(MapTransform):
