@@ -96,7 +96,9 @@ def discover(inputs: list[str]) -> tuple[list[Case], list[str]]:
                 raise FileNotFoundError(f"{path}: no DICOM image series found in this folder")
             for ref in refs:
                 label = f"{ref.patient_id or path.name}_{ref.series_number or ref.series_uid[-8:]}_{ref.description}"
-                cases.append(Case(safe_name(label), str(path), "dicom", _dicom_volume(ref), ref.study_uid, ref.series_uid))
+                cases.append(
+                    Case(safe_name(label), str(path), "dicom", _dicom_volume(ref), ref.study_uid, ref.series_uid)
+                )
         elif path.is_file() and path.name.lower().endswith(VOLUME_SUFFIXES):
             stem = re.sub(r"\.(nii\.gz|nii|nrrd|mha|mhd)$", "", path.name, flags=re.I)
             cases.append(Case(safe_name(stem), str(path), "volume", lambda p=path: read_volume_file(p)))

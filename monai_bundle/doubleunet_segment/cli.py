@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="DICOM folder (searched recursively), volume file or image")
+    p.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="DICOM folder (searched recursively), volume file or image"
+    )
     p.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR", help="folder for the results")
     p.add_argument("--model", default=None, help=f"shipped model name ({models}; default polyp), bundle folder or .pt")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default auto)")
@@ -59,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-probabilities", action="store_true", help="also write probabilities.nii.gz")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument(
-        "--progress", default="bar", choices=["bar", "json", "none"], help="progress bars, JSON lines (for Slicer), none"
+        "--progress",
+        default="bar",
+        choices=["bar", "json", "none"],
+        help="progress bars, JSON lines (for Slicer), none",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
@@ -109,7 +114,9 @@ class Reporter:
     def start_case(self, case: Case, total: int) -> None:
         self.event(event="start", case=case.name, total=total)
         if self.mode == "bar":
-            self.bar = self._tqdm(total=total, desc=case.name[:30], unit="slice", position=1, leave=False, file=sys.stderr)
+            self.bar = self._tqdm(
+                total=total, desc=case.name[:30], unit="slice", position=1, leave=False, file=sys.stderr
+            )
 
     def progress(self, case: Case, done: int, total: int) -> None:
         self.event(event="progress", case=case.name, done=done, total=total)
@@ -169,7 +176,12 @@ def write_outputs(
         from .dicom_seg import write_dicom_seg
 
         write_dicom_seg(
-            volume.series, seg.labels, segments, planned["dicom-seg"], algorithm_version=__version__, overwrite=overwrite
+            volume.series,
+            seg.labels,
+            segments,
+            planned["dicom-seg"],
+            algorithm_version=__version__,
+            overwrite=overwrite,
         )
     if "mask" in planned:
         save_png(mask_png(seg.labels[:, :, 0]), planned["mask"], overwrite)
@@ -200,9 +212,7 @@ def check_output_location(output: Path, inputs: list[str]) -> None:
             raise ValueError(f"output folder {out} lies inside input folder {folder}; choose another -o")
 
 
-def run_case(
-    case: Case, engine: Engine, args: argparse.Namespace, formats: set[str], reporter: Reporter
-) -> CaseResult:
+def run_case(case: Case, engine: Engine, args: argparse.Namespace, formats: set[str], reporter: Reporter) -> CaseResult:
     start = time.monotonic()
     case_dir = args.output / case.name
     try:
@@ -218,9 +228,7 @@ def run_case(
         seg = engine.segment(volume.array, lambda done, total: reporter.progress(case, done, total))
         write_outputs(case_dir, volume, seg, engine.spec, planned, args.overwrite)
         voxels = int((seg.labels > 0).sum())
-        return CaseResult(
-            case, True, time.monotonic() - start, n, voxels, {k: str(v) for k, v in planned.items()}
-        )
+        return CaseResult(case, True, time.monotonic() - start, n, voxels, {k: str(v) for k, v in planned.items()})
     except Exception as err:  # one bad case must not stop the batch
         return CaseResult(case, False, time.monotonic() - start, message=f"{type(err).__name__}: {err}")
 
@@ -246,31 +254,50 @@ def print_summary(results: list[CaseResult], stream=sys.stderr) -> None:
     print(f"{len(results) - failed} of {len(results)} case(s) segmented, {failed} failed", file=stream)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        formats = parse_formats(args.format)
-        check_output_location(args.output, args.inputs)
-        spec = resolve_model(args.model)
-        if args.threshold is not None:
-            spec.threshold = args.threshold
-        cases, notes = discover(args.inputs)
-        engine = Engine(spec, device=args.device, batch_size=args.batch_size, tta=args.tta)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        parser.exit(2, f"doubleunet-segment: error: {err}\n")
-    reporter = Reporter(args.progress, len(cases))
+def segment_inputs(
+    inputs: list[str],
+    output: str | Path,
+    engine: Engine,
+    formats: str | None = None,
+    overwrite: bool = False,
+    save_probabilities: bool = False,
+    progress: str = "bar",
+) -> list[CaseResult]:
+    """Segment every case of ``inputs`` into ``output``; the bundle's inference config calls this too."""
+    options = argparse.Namespace(output=Path(output), overwrite=overwrite, save_probabilities=save_probabilities)
+    chosen = parse_formats(formats)
+    check_output_location(options.output, inputs)
+    cases, notes = discover(inputs)
+    reporter = Reporter(progress, len(cases))
     reporter.event(event="device", device=str(engine.device), reason=engine.device_reason)
     for note in notes:
         reporter.event(event="note", message=note)
     results = []
     for case in cases:
-        result = run_case(case, engine, args, formats, reporter)
+        result = run_case(case, engine, options, chosen, reporter)
         reporter.end_case(result)
         results.append(result)
     reporter.close()
-    if args.progress != "json":
+    if progress != "json":
         print_summary(results)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        parse_formats(args.format)
+        check_output_location(args.output, args.inputs)
+        spec = resolve_model(args.model)
+        if args.threshold is not None:
+            spec.threshold = args.threshold
+        engine = Engine(spec, device=args.device, batch_size=args.batch_size, tta=args.tta)
+        results = segment_inputs(
+            args.inputs, args.output, engine, args.format, args.overwrite, args.save_probabilities, args.progress
+        )
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        parser.exit(2, f"doubleunet-segment: error: {err}\n")
     return 0 if all(r.ok for r in results) else 1
 
 

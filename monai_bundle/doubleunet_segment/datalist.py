@@ -43,8 +43,7 @@ def scan_pairs(dataset_dir: str | Path) -> list[dict[str, str]]:
                 raise FileNotFoundError(f"no images with suffix {suffixes} in {root / images}")
             return pairs
     raise FileNotFoundError(
-        f"{root} holds neither images/ + masks/ (2D) nor imagesTr/ + labelsTr/ (volumes); "
-        "pass a datalist JSON instead"
+        f"{root} holds neither images/ + masks/ (2D) nor imagesTr/ + labelsTr/ (volumes); pass a datalist JSON instead"
     )
 
 
@@ -87,9 +86,7 @@ def is_volume(path: str | Path) -> bool:
     return _has_suffix(Path(path), VOLUME_SUFFIXES)
 
 
-def volume_slices(
-    items: list[dict], axis: int = 2, context: int = 0, normalization: str | None = None
-) -> list[dict]:
+def volume_slices(items: list[dict], axis: int = 2, context: int = 0, normalization: str | None = None) -> list[dict]:
     """Cut each volume of ``items`` into 2D slices along ``axis`` (0..2 of X, Y, Z).
 
     ``normalization`` (see :func:`transforms.normalize`) is applied per volume before cutting, as the
@@ -126,7 +123,9 @@ def combined_split(root: str | Path, subsets: list[str], val_fraction: float = 1
     for name in subsets:
         split = split_pairs(scan_pairs(Path(root) / name), val_fraction, seed)
         for section, pairs in split.items():
-            out[section] += [{"image": f"{name}/{p['image']}", "label": f"{name}/{p['label']}", "dataset": name} for p in pairs]
+            out[section] += [
+                {"image": f"{name}/{p['image']}", "label": f"{name}/{p['label']}", "dataset": name} for p in pairs
+            ]
     return out
 
 
@@ -135,7 +134,9 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description="Write a seeded train/validation datalist JSON for dataset folders.")
     parser.add_argument("root", help="folder holding the dataset folders")
-    parser.add_argument("subsets", nargs="+", help="dataset folders under root (each images/+masks/ or imagesTr/+labelsTr/)")
+    parser.add_argument(
+        "subsets", nargs="+", help="dataset folders under root (each images/+masks/ or imagesTr/+labelsTr/)"
+    )
     parser.add_argument("-o", "--output", required=True, help="datalist JSON to write")
     parser.add_argument("--val-fraction", type=float, default=1 / 9)
     parser.add_argument("--seed", type=int, default=42)

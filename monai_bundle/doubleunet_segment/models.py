@@ -46,7 +46,6 @@ class ModelSpec:
         known["roi_size"] = tuple(known.get("roi_size", (256, 256)))
         return cls(name=name, weights=models_dir / d["weights"], extra=extra, **known)
 
-
     def segment_infos(self) -> list[SegmentInfo]:
         """Names, colours and codes of the label values this model writes."""
         if isinstance(self.segments, str):
@@ -85,10 +84,14 @@ def resolve_model(choice: str | None) -> ModelSpec:
     if path.is_file():
         sidecar = path.with_suffix(".json")
         if sidecar.is_file():
-            return ModelSpec.from_dict(path.stem, {**json.loads(sidecar.read_text()), "weights": path.name}, path.parent)
+            return ModelSpec.from_dict(
+                path.stem, {**json.loads(sidecar.read_text()), "weights": path.name}, path.parent
+            )
         base = catalog[default_model_name()]
         return ModelSpec(**{**base.__dict__, "name": path.stem, "weights": path})
-    raise FileNotFoundError(f"unknown model {choice!r}: not one of {sorted(catalog)}, nor a bundle folder or weights file")
+    raise FileNotFoundError(
+        f"unknown model {choice!r}: not one of {sorted(catalog)}, nor a bundle folder or weights file"
+    )
 
 
 def build_network(spec: ModelSpec) -> DoubleUNet:
@@ -109,11 +112,15 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
+def load_weights(net: DoubleUNet, path: str | Path) -> DoubleUNet:
+    """``net`` with the weights of ``path`` (plain state dict or training checkpoint), in eval mode."""
+    try:
+        net.load_state_dict(load_state(Path(path)))
+    except RuntimeError as err:
+        raise ValueError(f"{path} does not fit this DoubleU-Net ({net.in_channels} in, {net.out_channels} out): {err}") from err
+    return net.eval()
+
+
 def load_model(spec: ModelSpec, device: torch.device | str = "cpu") -> DoubleUNet:
     """The spec's network with its trained weights, in eval mode; a mismatch names the file."""
-    net = build_network(spec)
-    try:
-        net.load_state_dict(load_state(spec.weights))
-    except RuntimeError as err:
-        raise ValueError(f"{spec.weights} does not fit model {spec.name!r}: {err}") from err
-    return net.to(device).eval()
+    return load_weights(build_network(spec), spec.weights).to(device)

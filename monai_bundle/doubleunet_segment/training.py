@@ -37,7 +37,9 @@ def attach_checkpoints(trainer: Engine, ckpt_dir: str | Path, objects: dict) -> 
     if path is not None:
         print(f"resuming from {path}")
         CheckpointLoader(load_path=str(path), load_dict=state, map_location="cpu").attach(trainer)
-    CheckpointSaver(save_dir=str(ckpt_dir), save_dict=state, save_interval=1, epoch_level=True, n_saved=1).attach(trainer)
+    CheckpointSaver(save_dir=str(ckpt_dir), save_dict=state, save_interval=1, epoch_level=True, n_saved=1).attach(
+        trainer
+    )
 
 
 class EpochLog:

@@ -1,0 +1,171 @@
+"""A persistent segmentation process: load the model once, then segment one request per stdin line.
+
+Loading DoubleU-Net (29 M parameters) and importing torch takes several seconds, segmenting one slice
+well under one. The 3D Slicer effect's "Preview" keeps this process running so a slice comes back in
+about a second on a CPU. It reuses the CLI's case runner and output writer, so files and JSON events are
+exactly those of ``doubleunet-segment --progress json``; every event carries the request's ``id``.
+
+Protocol (one JSON object per line):
+
+- start: ``python -m doubleunet_segment.worker --model NAME_OR_PATH --device auto``; it answers
+  ``{"event": "device", ...}`` and then ``{"event": "ready", "model": ..., "slice_axis": ..., "segments": [...]}``.
+- request: ``{"id": "1", "input": "vol.nii.gz", "output": "OUTDIR", "name": "case", "slices": [k0, k1],
+  "threshold": 0.5, "save_probabilities": true}``; ``slices`` (optional) segments only slices
+  ``k0 <= k < k1`` along the model's slice axis and writes them on their own (shifted) grid.
+- answer: ``start``/``progress``/``done``/``error`` events as the CLI writes them, then ``{"event": "idle", "id": ...}``.
+- ``{"command": "quit"}`` or end of input stops the process (exit status 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from .cases import Case, Volume, read_volume_file, safe_name
+from .cli import Reporter, run_case
+from .engine import Engine
+from .models import resolve_model
+from .transforms import ProbabilitiesToLabels
+
+
+class RequestReporter(Reporter):
+    """The CLI's JSON reporter, tagging every event with the request it answers."""
+
+    def __init__(self, request_id: str, stream: TextIO) -> None:
+        super().__init__("json", 1)
+        self.request_id = request_id
+        self.stream = stream
+
+    def event(self, **data: Any) -> None:
+        self.stream.write(json.dumps({**data, "id": self.request_id}) + "\n")
+        self.stream.flush()
+
+
+class VolumeCache:
+    """Keeps the last volume read: Preview asks for slice after slice of the same file."""
+
+    def __init__(self) -> None:
+        self._key: tuple[str, int, int] | None = None
+        self._volume: Volume | None = None
+
+    def load(self, path: Path) -> Volume:
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+        if key != self._key or self._volume is None:
+            self._volume = read_volume_file(path)
+            self._key = key
+        return self._volume
+
+
+def crop_slices(volume: Volume, axis: int, start: int, stop: int) -> Volume:
+    """Slices ``start:stop`` along ``axis`` with the affine moved so they stay where they were in space."""
+    n = volume.array.shape[axis + 1]
+    if not 0 <= start < stop <= n:
+        raise ValueError(f"slices [{start}, {stop}) outside the volume's {n} slices along axis {axis}")
+    index = [slice(None)] * 4
+    index[axis + 1] = slice(start, stop)
+    shift = np.eye(4)
+    shift[axis, 3] = start
+    return Volume(np.ascontiguousarray(volume.array[tuple(index)]), volume.affine @ shift, warnings=volume.warnings)
+
+
+class Worker:
+    """One loaded engine answering requests; the default threshold is the model's own."""
+
+    def __init__(self, engine: Engine, out: TextIO = sys.stdout) -> None:
+        self.engine = engine
+        self.out = out
+        self.cache = VolumeCache()
+        self.default_threshold = engine.spec.threshold
+
+    def emit(self, **data: Any) -> None:
+        self.out.write(json.dumps(data) + "\n")
+        self.out.flush()
+
+    def _set_threshold(self, threshold: float | None) -> None:
+        value = self.default_threshold if threshold is None else float(threshold)
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"threshold must lie between 0 and 1, got {value}")
+        self.engine.spec.threshold = value
+        self.engine.threshold = value
+        self.engine.postprocessing = ProbabilitiesToLabels(value)
+
+    def handle(self, request: dict[str, Any]) -> bool:
+        """Answer one request; False when asked to stop."""
+        if request.get("command") == "quit":
+            return False
+        request_id = str(request.get("id", ""))
+        try:
+            source = Path(request["input"]).expanduser()
+            output = Path(request["output"]).expanduser()
+            name = safe_name(str(request.get("name") or "case"))
+            slices = request.get("slices")
+            self._set_threshold(request.get("threshold"))
+        except (KeyError, TypeError, ValueError) as err:
+            self.emit(event="error", id=request_id, message=f"bad request: {type(err).__name__}: {err}")
+            self.emit(event="idle", id=request_id)
+            return True
+        axis = self.engine.inferer.slice_axis
+
+        def load() -> Volume:
+            volume = self.cache.load(source)
+            return crop_slices(volume, axis, int(slices[0]), int(slices[1])) if slices else volume
+
+        args = argparse.Namespace(
+            output=output,
+            save_probabilities=bool(request.get("save_probabilities", True)),
+            overwrite=bool(request.get("overwrite", True)),
+        )
+        reporter = RequestReporter(request_id, self.out)
+        result = run_case(Case(name, str(source), "volume", load), self.engine, args, {"nifti"}, reporter)
+        reporter.end_case(result)
+        self.emit(event="idle", id=request_id)
+        return True
+
+    def serve(self, lines: TextIO) -> None:
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                request = json.loads(line)
+            except json.JSONDecodeError as err:
+                self.emit(event="error", message=f"bad request: not JSON ({err})")
+                continue
+            if not isinstance(request, dict):
+                self.emit(event="error", message="bad request: expected a JSON object")
+                continue
+            if not self.handle(request):
+                break
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="doubleunet-segment-worker", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=None, help="shipped model name, bundle folder or .pt (default polyp)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--batch-size", type=int, default=4, help="slices per forward pass")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation with flips")
+    args = p.parse_args(argv)
+    try:
+        engine = Engine(resolve_model(args.model), device=args.device, batch_size=args.batch_size, tta=args.tta)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        p.exit(2, f"doubleunet-segment-worker: error: {err}\n")
+    worker = Worker(engine)
+    worker.emit(event="device", device=str(engine.device), reason=engine.device_reason)
+    worker.emit(
+        event="ready",
+        model=engine.spec.name,
+        slice_axis=engine.inferer.slice_axis,
+        threshold=engine.spec.threshold,
+        segments=[s.to_dict() for s in engine.spec.segment_infos()],
+    )
+    worker.serve(sys.stdin)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
