@@ -74,7 +74,23 @@ class ASPP(nn.Module):
         self.project_bn = _bn(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = torch.relu(self.pool_bn(self.pool_conv(x.mean(dim=(2, 3), keepdim=True))))
+        pooled = self.pool_conv(x.mean(dim=(2, 3), keepdim=True))
+        if self.training and pooled.shape[0] == 1:
+            # One value per channel has no batch statistics (PyTorch raises, Keras degenerates to beta):
+            # a batch of one normalises the pooled branch with the running statistics instead.
+            pooled = F.batch_norm(
+                pooled,
+                self.pool_bn.running_mean,
+                self.pool_bn.running_var,
+                self.pool_bn.weight,
+                self.pool_bn.bias,
+                False,
+                0.0,
+                self.pool_bn.eps,
+            )
+        else:
+            pooled = self.pool_bn(pooled)
+        pooled = torch.relu(pooled)
         outs = [pooled.expand(-1, -1, x.shape[2], x.shape[3])]
         for conv, bn in zip(self.branches, self.branch_bns):
             outs.append(torch.relu(bn(conv(x))))

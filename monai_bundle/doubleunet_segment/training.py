@@ -37,9 +37,18 @@ def attach_checkpoints(trainer: Engine, ckpt_dir: str | Path, objects: dict) -> 
     if path is not None:
         print(f"resuming from {path}")
         CheckpointLoader(load_path=str(path), load_dict=state, map_location="cpu").attach(trainer)
-    CheckpointSaver(save_dir=str(ckpt_dir), save_dict=state, save_interval=1, epoch_level=True, n_saved=1).attach(
-        trainer
-    )
+    saver = CheckpointSaver(save_dir=str(ckpt_dir), save_dict=state, save_interval=1, epoch_level=True, n_saved=1)
+    saver.attach(trainer)
+    # The saver only prunes files it wrote itself: drop those left by the run that was resumed.
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: prune_checkpoints(ckpt_dir))
+
+
+def prune_checkpoints(ckpt_dir: str | Path) -> None:
+    """Keep only the newest per-epoch checkpoint (deleted only once a newer one is complete)."""
+    newest = latest_checkpoint(ckpt_dir)
+    for path in Path(ckpt_dir).glob("*checkpoint_epoch=*.pt"):
+        if path != newest and CHECKPOINT_PATTERN.search(path.name):
+            path.unlink(missing_ok=True)
 
 
 class EpochLog:

@@ -1,0 +1,150 @@
+"""The MONAI bundle through MONAI's own entry points, on a tiny subset of the real polyp data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import DATA, REPO, needs_data
+
+BUNDLE = REPO / "monai_bundle"
+CONFIGS = BUNDLE / "configs"
+TINY = ["--subset", "2", "--image_size", "[32,32]", "--batch_size", "2", "--num_workers", "0"]
+
+
+def bundle(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "monai.bundle", *args]
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def test_every_config_parses():
+    from monai.bundle import ConfigParser
+
+    for names in (["train.json"], ["train.json", "evaluate.json"], ["inference.json"]):
+        parser = ConfigParser()
+        parser.read_config([str(CONFIGS / n) for n in names])
+        for key in ("network_def", "run", "bundle_root"):
+            assert parser.get(key) is not None, f"{names} lacks {key}"
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    assert meta["version"] in meta["changelog"]
+
+
+def test_metadata_passes_monai_verify_metadata(tmp_path):
+    bundle(
+        "verify_metadata",
+        "--meta_file",
+        str(CONFIGS / "metadata.json"),
+        "--filepath",
+        str(REPO / "tests" / "data" / "meta_schema.json"),
+        cwd=tmp_path,
+    )
+
+
+def test_verify_net_in_out(tmp_path):
+    proc = bundle(
+        "verify_net_in_out",
+        "network_def",
+        "--meta_file",
+        str(CONFIGS / "metadata.json"),
+        "--config_file",
+        str(CONFIGS / "inference.json"),
+        "--n",
+        "2",
+        cwd=tmp_path,
+    )
+    assert "verified with no error" in proc.stdout + proc.stderr
+
+
+def test_ckpt_export_torchscript_matches_eager(tmp_path, polyp_model):
+    ts = tmp_path / "model.ts"
+    bundle(
+        "ckpt_export",
+        "network_def",
+        "--filepath",
+        str(ts),
+        "--ckpt_file",
+        str(polyp_model),
+        "--meta_file",
+        str(CONFIGS / "metadata.json"),
+        "--config_file",
+        str(CONFIGS / "inference.json"),
+        cwd=tmp_path,
+    )
+    from doubleunet_segment.network import DoubleUNet
+
+    eager = DoubleUNet(3, 1)
+    eager.load_state_dict(torch.load(polyp_model, weights_only=True))
+    scripted = torch.jit.load(str(ts))
+    x = torch.rand(1, 3, 48, 64)
+    with torch.no_grad():
+        assert (scripted(x) - eager.eval()(x)).abs().max() <= 1e-5
+
+
+@needs_data
+def test_training_runs_and_resumes_after_a_stop(tmp_path):
+    out = tmp_path / "run"
+    train = ["run", "training", "--config_file", str(CONFIGS / "train.json"), *TINY, "--output_dir", str(out)]
+    bundle(*train, "--epochs", "1", cwd=tmp_path)
+    assert (out / "models" / "checkpoint_epoch=1.pt").is_file()
+    assert (out / "models" / "model.pt").is_file()
+    proc = bundle(*train, "--epochs", "2", cwd=tmp_path)
+    assert "resuming from" in proc.stdout
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]  # epoch 1 was not trained again
+    assert all(0.0 <= float(r["val_mean_dice"]) <= 1.0 for r in rows)
+    assert (out / "models" / "checkpoint_epoch=2.pt").is_file()
+    assert not (out / "models" / "checkpoint_epoch=1.pt").exists()
+    assert any((out / "tensorboard").iterdir())
+
+
+@needs_data
+def test_evaluate_writes_per_case_metrics(tmp_path, polyp_model):
+    out = tmp_path / "eval"
+    configs = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'evaluate.json'}']"
+    bundle(
+        "run",
+        "evaluating",
+        "--config_file",
+        configs,
+        *TINY,
+        "--ckpt_path",
+        str(polyp_model),
+        "--output_dir",
+        str(out),
+        cwd=tmp_path,
+    )
+    rows = list(csv.DictReader((out / "per_case.csv").open()))
+    assert len(rows) == 2 and {r["class"] for r in rows} == {"Polyp"}
+    assert {"dice", "iou", "precision", "recall", "hd95"} <= set(rows[0])
+    summary = list(csv.DictReader((out / "summary.csv").open()))
+    assert [s["statistic"] for s in summary] == ["mean", "median", "std"]
+
+
+@needs_data
+def test_inference_config_segments_images(tmp_path, polyp_model):
+    out = tmp_path / "inference"
+    bundle(
+        "run",
+        "inference",
+        "--config_file",
+        str(CONFIGS / "inference.json"),
+        "--model",
+        str(polyp_model),
+        "--output_dir",
+        str(out),
+        cwd=tmp_path,
+    )
+    cases = sorted(p.name for p in out.iterdir())
+    assert len(cases) == 3
+    for case in cases:
+        assert {"segmentation.nii.gz", "segments.json", "mask.png", "overlay.png"} <= {
+            p.name for p in (out / case).iterdir()
+        }
