@@ -12,7 +12,8 @@ Protocol (one JSON object per line):
 - request: ``{"id": "1", "input": "vol.nii.gz", "output": "OUTDIR", "name": "case", "slices": [k0, k1],
   "threshold": 0.5, "save_probabilities": true}``; ``slices`` (optional) segments only slices
   ``k0 <= k < k1`` along the model's slice axis and writes them on their own (shifted) grid.
-- answer: ``start``/``progress``/``done``/``error`` events as the CLI writes them, then ``{"event": "idle", "id": ...}``.
+- answer: ``start``/``progress``/``done``/``error`` events as the CLI writes them, then
+  ``{"event": "idle", "id": ...}``.
 - ``{"command": "quit"}`` or end of input stops the process (exit status 0).
 """
 

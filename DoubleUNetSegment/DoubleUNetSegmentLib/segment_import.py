@@ -1,0 +1,200 @@
+"""How an engine result becomes Slicer segments: names, colours, terminology, thresholds, slices, ROIs.
+
+The effect and the panel read the engine's ``segments.json`` and label map back into a segmentation the
+user already works on. They must never delete or overwrite the user's segments, so every new segment gets
+a name not yet taken; and each keeps the DICOM codes from the engine so a DICOM SEG export carries them.
+Arrays here are in NIfTI voxel order (I, J, K) unless named ``*_kji`` (Slicer's ``arrayFromVolume`` order).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# Context names as Slicer's DICOM terminology files call them (the same as the engine's .seg.nrrd writer).
+TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
+ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
+
+
+@dataclass(frozen=True)
+class SegmentSpec:
+    """One label value of the engine's label map, as segments.json describes it."""
+
+    value: int
+    name: str
+    color: tuple[float, float, float]  # 0-1, as vtkSegment.SetColor takes it
+    category: tuple[str, str, str]  # (code value, scheme, meaning), as the engine writes codes
+    type: tuple[str, str, str]
+    type_modifier: tuple[str, str, str] | None = None
+
+    @property
+    def terminology(self) -> str:
+        return terminology_entry(self.category, self.type, self.type_modifier)
+
+
+@dataclass
+class EngineResult:
+    """What one case folder of the engine holds."""
+
+    folder: Path
+    segments: list[SegmentSpec]
+    labelmap: Path
+    probabilities: Path | None
+    model: str = ""
+    device: str = ""
+    device_reason: str = ""
+    threshold: float | None = None
+    voxels: dict[str, int] = field(default_factory=dict)
+
+
+def _code(code: Sequence[str] | None) -> str:
+    """Slicer orders a code scheme^value^meaning; the engine stores (value, scheme, meaning)."""
+    if not code:
+        return "^^"
+    value, scheme, meaning = code
+    return f"{scheme}^{value}^{meaning}"
+
+
+def terminology_entry(category: Sequence[str], type_: Sequence[str], type_modifier: Sequence[str] | None = None) -> str:
+    """A serialized Slicer terminology entry: context~category~type~modifier~anatomic context~region~modifier."""
+    return "~".join(
+        [TERMINOLOGY_CONTEXT, _code(category), _code(type_), _code(type_modifier), ANATOMIC_CONTEXT, "^^", "^^"]
+    )
+
+
+def read_result(folder: str | Path) -> EngineResult:
+    """The engine's case folder (``segments.json`` plus the files it names)."""
+    folder = Path(folder)
+    info = json.loads((folder / "segments.json").read_text(encoding="utf-8"))
+    segments = [
+        SegmentSpec(
+            value=int(s["value"]),
+            name=str(s["name"]),
+            color=tuple(float(c) / 255.0 for c in s["color"]),  # type: ignore[arg-type]
+            category=tuple(s["category"]),  # type: ignore[arg-type]
+            type=tuple(s["type"]),  # type: ignore[arg-type]
+            type_modifier=tuple(s["type_modifier"]) if s.get("type_modifier") else None,  # type: ignore[arg-type]
+        )
+        for s in info["segments"]
+    ]
+    files = info.get("files", {})
+    probabilities = folder / files["probabilities"] if "probabilities" in files else None
+    return EngineResult(
+        folder=folder,
+        segments=segments,
+        labelmap=folder / files.get("nifti", "segmentation.nii.gz"),
+        probabilities=probabilities,
+        model=str(info.get("model", "")),
+        device=str(info.get("device", "")),
+        device_reason=str(info.get("device_reason", "")),
+        threshold=info.get("threshold"),
+        voxels={str(k): int(v) for k, v in info.get("voxels", {}).items()},
+    )
+
+
+def unique_name(name: str, taken: Iterable[str]) -> str:
+    """``name``, or ``name 2``, ``name 3``... whichever is free: a new result never hides an old segment."""
+    taken = set(taken)
+    if name not in taken:
+        return name
+    n = 2
+    while f"{name} {n}" in taken:
+        n += 1
+    return f"{name} {n}"
+
+
+@dataclass(frozen=True)
+class ImportItem:
+    """Label ``value`` of the result goes to a new segment ``name`` (or into the target segment)."""
+
+    value: int
+    name: str
+    spec: SegmentSpec
+
+
+@dataclass
+class ImportPlan:
+    items: list[ImportItem]
+    into_segment: str | None = None  # a segment id: all foreground goes there, nothing new is created
+    skipped: list[str] = field(default_factory=list)  # segment names with no voxels
+
+
+def plan_import(
+    segments: Sequence[SegmentSpec],
+    existing_names: Iterable[str],
+    voxels: dict[str, int] | None = None,
+    into_segment: str | None = None,
+    keep_empty: bool = False,
+) -> ImportPlan:
+    """Which label becomes which segment; empty labels are skipped (and reported) unless ``keep_empty``."""
+    taken = set(existing_names)
+    items, skipped = [], []
+    for spec in segments:
+        if voxels is not None and voxels.get(spec.name, 1) == 0 and not keep_empty:
+            skipped.append(spec.name)
+            continue
+        name = spec.name if into_segment else unique_name(spec.name, taken)
+        taken.add(name)
+        items.append(ImportItem(spec.value, name, spec))
+    return ImportPlan(items, into_segment, skipped)
+
+
+def labels_from_probabilities(probabilities: np.ndarray, threshold: float) -> np.ndarray:
+    """Label map (I, J, K) from the engine's probabilities.nii.gz data, as the engine itself makes it.
+
+    A binary model's file is (I, J, K): foreground where p >= threshold. A C-class model's is (I, J, K, C):
+    argmax with the background weighted by t / (1 - t), so 0.5 gives the engine's plain argmax and, with
+    two classes, the rule is exactly "foreground where p >= t": one slider works for both kinds of model.
+    """
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must lie between 0 and 1, got {threshold}")
+    p = np.asarray(probabilities, dtype=np.float32)
+    if p.ndim == 3:
+        return (p >= threshold).astype(np.uint8)
+    if p.ndim != 4:
+        raise ValueError(f"expected (I, J, K) or (I, J, K, C) probabilities, got shape {p.shape}")
+    weighted = p.copy()
+    weighted[..., 0] *= threshold / (1.0 - threshold)
+    return weighted.argmax(axis=-1).astype(np.uint8)
+
+
+def to_kji(array_ijk: np.ndarray) -> np.ndarray:
+    """NIfTI voxel order to the (K, J, I) order of ``slicer.util.arrayFromVolume``."""
+    return np.ascontiguousarray(np.transpose(array_ijk, (2, 1, 0)))
+
+
+def slice_index(ras_to_ijk: np.ndarray, ras: Sequence[float], axis: int, size: int) -> int:
+    """The voxel slice along ``axis`` through a RAS point (the centre of the slice view), clamped to the volume."""
+    ijk = np.asarray(ras_to_ijk, dtype=float) @ np.array([*ras[:3], 1.0])
+    return int(min(max(round(float(ijk[axis])), 0), size - 1))
+
+
+def view_is_along_axis(ijk_to_ras: np.ndarray, view_normal_ras: Sequence[float], axis: int) -> bool:
+    """True when a slice view shows planes of constant voxel index ``axis`` (what a 2D model segments)."""
+    direction = np.asarray(ijk_to_ras, dtype=float)[:3, :3]
+    slice_normal = np.cross(direction[:, (axis + 1) % 3], direction[:, (axis + 2) % 3])
+    normal = np.asarray(view_normal_ras, dtype=float)[:3]
+    cos = abs(slice_normal @ normal) / (np.linalg.norm(slice_normal) * np.linalg.norm(normal))
+    return bool(cos > 0.999)
+
+
+def ijk_box(ras_to_ijk: np.ndarray, ras_bounds: Sequence[float], shape: Sequence[int]) -> tuple[slice, slice, slice]:
+    """Voxel index ranges covering a RAS box (xmin, xmax, ymin, ymax, zmin, zmax), e.g. a markups ROI."""
+    m = np.asarray(ras_to_ijk, dtype=float)
+    corners = np.array([[x, y, z, 1.0] for x in ras_bounds[0:2] for y in ras_bounds[2:4] for z in ras_bounds[4:6]])
+    ijk = (m @ corners.T)[:3]
+    lo = np.clip(np.floor(ijk.min(axis=1) + 0.5), 0, np.asarray(shape) - 1).astype(int)
+    hi = np.clip(np.floor(ijk.max(axis=1) + 0.5), 0, np.asarray(shape) - 1).astype(int)
+    return tuple(slice(int(a), int(b) + 1) for a, b in zip(lo, hi))  # type: ignore[return-value]
+
+
+def mask_outside(labels_ijk: np.ndarray, box: tuple[slice, slice, slice], offset: Sequence[int] = (0, 0, 0)) -> None:
+    """Zero labels outside ``box`` in place; ``offset`` is where ``labels_ijk`` starts in the full volume."""
+    keep = np.zeros(labels_ijk.shape, dtype=bool)
+    local = tuple(slice(max(b.start - o, 0), max(b.stop - o, 0)) for b, o in zip(box, offset))
+    keep[local] = True
+    labels_ijk[~keep] = 0
