@@ -77,7 +77,7 @@ class RunState:
             self.status = f"Segmenting {self.total} slice(s) on {self.device.upper() or 'the device'}..."
         elif event.kind == "progress":
             self.done, self.total = int(d.get("done", 0)), int(d.get("total", self.total))
-            self.status = f"Segmented {self.done} of {self.total} slice(s)"
+            self.status = f"Segmented {self.done} of {self.total} slice(s) on {self.device.upper() or 'the device'}"
         elif event.kind == "done":
             self.finished_cases += 1
             self.outputs = {k: str(v) for k, v in d.get("outputs", {}).items()}

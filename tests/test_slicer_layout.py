@@ -1,0 +1,142 @@
+"""The Slicer extension's files as the Extensions Index and Slicer's CMake macros expect them.
+
+3D Slicer cannot run here, so these checks stand in for "it builds and loads": every file CMake lists
+exists, every module file is listed (an unlisted file is missing from the installed extension), all Python
+compiles, every Slicer/Qt/VTK name used exists in their sources, and the panel's widgets exist in the .ui.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import py_compile
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE = ROOT / "DoubleUNetSegment"
+CHECKER = Path("/work/shared/slicer-api/check_slicer_api.py")
+
+
+def cmake_sets(text: str) -> dict[str, list[str]]:
+    """``set(NAME a b c)`` blocks as lists (comments dropped, ``${MODULE_NAME}`` expanded)."""
+    text = "\n".join(re.sub(r'#(?=(?:[^"]*"[^"]*")*[^"]*$).*', "", line) for line in text.splitlines())
+    values = {}
+    for name, body in re.findall(r'set\(\s*(\w+)\s+((?:"[^"]*"|[^)"])*)\)', text):
+        values[name] = re.findall(r'"[^"]*"|\S+', body)
+    module = values.get("MODULE_NAME", [""])[0]
+    return {k: [v.replace("${MODULE_NAME}", module).strip('"') for v in vs] for k, vs in values.items()}
+
+
+def test_root_cmakelists_has_extension_metadata() -> None:
+    text = (ROOT / "CMakeLists.txt").read_text()
+    sets = cmake_sets(text)
+    for var in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
+        assert sets.get(f"EXTENSION_{var}"), f"EXTENSION_{var} missing"
+    assert sets["EXTENSION_CATEGORY"] == ["Segmentation"]
+    assert sets["EXTENSION_DEPENDS"] == ["NA"]
+    assert sets["EXTENSION_ICONURL"][0].endswith("/DoubleUNetSegment.png")
+    assert "find_package(Slicer REQUIRED)" in text
+    assert "add_subdirectory(DoubleUNetSegment)" in text
+    assert "include(${Slicer_EXTENSION_CPACK})" in text
+    with Image.open(ROOT / "DoubleUNetSegment.png") as icon:
+        assert icon.size == (128, 128)
+
+
+def test_module_cmakelists_lists_every_file_and_only_existing_ones() -> None:
+    text = (MODULE / "CMakeLists.txt").read_text()
+    sets = cmake_sets(text)
+    scripts, resources = sets["MODULE_PYTHON_SCRIPTS"], sets["MODULE_PYTHON_RESOURCES"]
+    assert "slicerMacroBuildScriptedModule(" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+    for listed in scripts + resources:
+        assert (MODULE / listed).is_file(), f"CMakeLists.txt lists {listed}, which does not exist"
+    shipped = {
+        p.relative_to(MODULE).as_posix()
+        for p in MODULE.rglob("*")
+        if p.is_file()
+        and "__pycache__" not in p.parts
+        and p.parts[len(MODULE.parts)] in ("DoubleUNetSegmentLib", "SegmentEditorDoubleUNetLib", "Resources")
+    }
+    shipped.add("DoubleUNetSegment.py")
+    shipped -= {p for p in shipped if p.startswith("Resources/Screenshots/")}  # for the web page, not the module
+    assert shipped == set(scripts) | set(resources)
+    assert all(s.endswith(".py") for s in scripts) and not any(r.endswith(".py") for r in resources)
+    # the engine is copied from the bundle by glob; its source folder must be where the glob looks
+    assert "SOURCE_DIR ${BUNDLE_SOURCE_DIR}" in text
+    assert (MODULE / "../monai_bundle/doubleunet_segment/worker.py").is_file()
+    assert (MODULE / "../monai_bundle/models/catalog.json").is_file()
+
+
+def test_testing_folder_registers_python_tests() -> None:
+    assert "add_subdirectory(Python)" in (MODULE / "Testing/CMakeLists.txt").read_text()
+    text = (MODULE / "Testing/Python/CMakeLists.txt").read_text()
+    scripts = re.findall(r"slicer_add_python_unittest\(SCRIPT\s+(\S+)\)", text)
+    assert scripts
+    for script in scripts:
+        tree = ast.parse((MODULE / "Testing/Python" / script).read_text())
+        assert any(isinstance(n, ast.ClassDef) and n.name.endswith("Test") for n in tree.body)
+
+
+def test_all_extension_python_compiles(tmp_path: Path) -> None:
+    files = sorted(MODULE.rglob("*.py"))
+    assert len(files) >= 10
+    for i, path in enumerate(files):
+        py_compile.compile(str(path), cfile=str(tmp_path / f"{i}.pyc"), doraise=True)
+
+
+def test_slicer_api_names_exist() -> None:
+    result = subprocess.run([sys.executable, str(CHECKER), str(MODULE)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert " 0 unknown names" in result.stdout
+
+
+def test_module_and_effect_follow_slicer_structure() -> None:
+    tree = ast.parse((MODULE / "DoubleUNetSegment.py").read_text())
+    classes = {n.name: [ast.unparse(b) for b in n.bases] for n in tree.body if isinstance(n, ast.ClassDef)}
+    assert classes["DoubleUNetSegment"] == ["ScriptedLoadableModule"]
+    assert classes["DoubleUNetSegmentWidget"][0] == "ScriptedLoadableModuleWidget"
+    assert classes["DoubleUNetSegmentLogic"] == ["ScriptedLoadableModuleLogic"]
+    assert classes["DoubleUNetSegmentTest"] == ["ScriptedLoadableModuleTest"]
+    source = (MODULE / "DoubleUNetSegment.py").read_text()
+    assert 'slicer.app.connect("startupCompleted()", registerEditorEffect)' in source
+    effect = (MODULE / "SegmentEditorDoubleUNetLib/SegmentEditorEffect.py").read_text()
+    assert "class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect)" in effect
+    assert 'scriptedEffect.name = "DoubleU-Net"' in effect
+    assert "self.scriptedEffect.saveStateForUndo()" in effect
+    for lib in ("DoubleUNetSegmentLib",):  # the logic library must stay importable without Slicer
+        for path in (MODULE / lib).glob("*.py"):
+            imported = {
+                (n.module or "").split(".")[0] if isinstance(n, ast.ImportFrom) else a.name.split(".")[0]
+                for n in ast.walk(ast.parse(path.read_text()))
+                if isinstance(n, ast.Import | ast.ImportFrom)
+                for a in n.names
+            }
+            assert not imported & {"slicer", "qt", "ctk", "vtk"}, path
+
+
+def test_ui_has_every_widget_the_panel_uses() -> None:
+    ui = ET.parse(MODULE / "Resources/UI/DoubleUNetSegment.ui")
+    names = {w.get("name") for w in ui.iter("widget")}
+    used = set(re.findall(r"self\.ui\.(\w+)", (MODULE / "DoubleUNetSegment.py").read_text()))
+    assert used and used <= names, used - names
+
+
+def test_extensions_index_entry_is_complete() -> None:
+    entry = json.loads((MODULE / "ExtensionsIndex/DoubleUNetSegment.json").read_text())
+    assert {"$schema", "category", "scm_url"} <= set(entry)
+    assert entry["category"] == "Segmentation"
+    s4ext = dict(
+        line.split(" ", 1)
+        for line in (MODULE / "ExtensionsIndex/DoubleUNetSegment.s4ext").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    for key in ("scm", "scmurl", "depends", "category", "iconurl", "description", "homepage", "contributors"):
+        assert s4ext.get(key), key
+    sets = cmake_sets((ROOT / "CMakeLists.txt").read_text())
+    assert s4ext["iconurl"] == sets["EXTENSION_ICONURL"][0]
+    assert s4ext["description"] == sets["EXTENSION_DESCRIPTION"][0]
