@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from doubleunet_segment.network import DoubleUNet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,9 +21,7 @@ def make_model(folder: Path, name: str, in_channels: int, out_channels: int, spe
     torch.manual_seed(0)
     path = folder / f"{name}.pt"
     torch.save(DoubleUNet(in_channels=in_channels, out_channels=out_channels).state_dict(), path)
-    (folder / f"{name}.json").write_text(
-        json.dumps({"in_channels": in_channels, "out_channels": out_channels, **spec})
-    )
+    (folder / f"{name}.json").write_text(json.dumps({"in_channels": in_channels, "out_channels": out_channels, **spec}))
     return path
 
 

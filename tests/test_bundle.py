@@ -8,10 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
-
-from conftest import DATA, REPO, needs_data
+from conftest import REPO, needs_data
 
 BUNDLE = REPO / "monai_bundle"
 CONFIGS = BUNDLE / "configs"

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from doubleunet_segment.network import DoubleUNet
 from doubleunet_segment.vgg19 import TORCHVISION_INDEX, VGG19Encoder
 

@@ -233,7 +233,8 @@ def run_case(case: Case, engine: Engine, args: argparse.Namespace, formats: set[
         return CaseResult(case, False, time.monotonic() - start, message=f"{type(err).__name__}: {err}")
 
 
-def print_summary(results: list[CaseResult], stream=sys.stderr) -> None:
+def print_summary(results: list[CaseResult], stream=None) -> None:
+    stream = stream or sys.stderr
     rows = [("case", "study", "series", "slices", "seconds", "voxels", "result")]
     for r in results:
         rows.append(
@@ -263,11 +264,24 @@ def segment_inputs(
     save_probabilities: bool = False,
     progress: str = "bar",
 ) -> list[CaseResult]:
-    """Segment every case of ``inputs`` into ``output``; the bundle's inference config calls this too."""
+    """Segment every case of ``inputs`` into ``output``; the bundle's inference config calls this."""
+    check_output_location(Path(output), inputs)
+    cases, notes = discover(inputs)
+    return segment_cases(cases, notes, output, engine, formats, overwrite, save_probabilities, progress)
+
+
+def segment_cases(
+    cases: list[Case],
+    notes: list[str],
+    output: str | Path,
+    engine: Engine,
+    formats: str | None = None,
+    overwrite: bool = False,
+    save_probabilities: bool = False,
+    progress: str = "bar",
+) -> list[CaseResult]:
     options = argparse.Namespace(output=Path(output), overwrite=overwrite, save_probabilities=save_probabilities)
     chosen = parse_formats(formats)
-    check_output_location(options.output, inputs)
-    cases, notes = discover(inputs)
     reporter = Reporter(progress, len(cases))
     reporter.event(event="device", device=str(engine.device), reason=engine.device_reason)
     for note in notes:
@@ -289,15 +303,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parse_formats(args.format)
         check_output_location(args.output, args.inputs)
+        cases, notes = discover(args.inputs)  # bad input fails before the model is loaded
         spec = resolve_model(args.model)
         if args.threshold is not None:
             spec.threshold = args.threshold
         engine = Engine(spec, device=args.device, batch_size=args.batch_size, tta=args.tta)
-        results = segment_inputs(
-            args.inputs, args.output, engine, args.format, args.overwrite, args.save_probabilities, args.progress
-        )
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         parser.exit(2, f"doubleunet-segment: error: {err}\n")
+    opts = (args.format, args.overwrite, args.save_probabilities, args.progress)
+    results = segment_cases(cases, notes, args.output, engine, *opts)
     return 0 if all(r.ok for r in results) else 1
 
 

@@ -117,7 +117,9 @@ def load_weights(net: DoubleUNet, path: str | Path) -> DoubleUNet:
     try:
         net.load_state_dict(load_state(Path(path)))
     except RuntimeError as err:
-        raise ValueError(f"{path} does not fit this DoubleU-Net ({net.in_channels} in, {net.out_channels} out): {err}") from err
+        raise ValueError(
+            f"{path} does not fit this DoubleU-Net ({net.in_channels} in, {net.out_channels} out): {err}"
+        ) from err
     return net.eval()
 
 
