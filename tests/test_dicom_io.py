@@ -31,15 +31,9 @@ PYDICOM_TESTS = Path(get_testdata_file("CT_small.dcm")).parent
 DICOMDIR_TESTS = PYDICOM_TESTS / "dicomdirtests"
 
 
-def sitk_reference(
-    files: list[Path] | None = None, folder: Path | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+def sitk_reference(files: list[Path] | None = None, folder: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """SimpleITK's RAS affine and (X, Y, Z) array; a folder is ordered the way SimpleITK users do it."""
-    names = (
-        list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder)))
-        if folder
-        else [str(f) for f in files]
-    )
+    names = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder))) if folder else [str(f) for f in files]
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(names)
     image = reader.Execute()
@@ -143,9 +137,7 @@ def test_single_slice_geometry_matches_simpleitk() -> None:
         np.testing.assert_array_equal(series.array[0], array)
     ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
     assert "SpacingBetweenSlices" not in ds  # SimpleITK uses 1 mm here; the slab thickness is more honest
-    assert load_series([get_testdata_file("MR_small.dcm")]).affine[2, 2] == pytest.approx(
-        float(ds.SliceThickness)
-    )
+    assert load_series([get_testdata_file("MR_small.dcm")]).affine[2, 2] == pytest.approx(float(ds.SliceThickness))
 
 
 @pytest.mark.parametrize(
@@ -285,11 +277,7 @@ def test_folder_with_sr_and_junk_and_two_series(tmp_path: Path, hippo: np.ndarra
     refs, skipped = find_dicom_series(tmp_path)
     assert [(r.series_uid, len(r.files)) for r in refs] == [(first.series_uid, 6), (second.series_uid, 2)]
     assert refs[0].name == "SYN-001 20240517 T1/2"
-    assert (
-        len(skipped) == 2
-        and any("report.dcm" in m for m in skipped)
-        and any("thumbs.db" in m for m in skipped)
-    )
+    assert len(skipped) == 2 and any("report.dcm" in m for m in skipped) and any("thumbs.db" in m for m in skipped)
     with pytest.raises(DicomSeriesError, match="several series"):
         load_series([*refs[0].files, *refs[1].files])
 

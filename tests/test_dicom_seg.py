@@ -32,9 +32,7 @@ LIVER = SegmentInfo(
 
 
 def dciodvfy_errors(path: Path) -> list[str]:
-    result = subprocess.run(
-        [str(BIN / "dciodvfy"), "-new", str(path)], capture_output=True, text=True, check=False
-    )
+    result = subprocess.run([str(BIN / "dciodvfy"), "-new", str(path)], capture_output=True, text=True, check=False)
     return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
 
 
@@ -110,9 +108,7 @@ def test_real_ct_liver_seg(tmp_path: Path, ct: DicomSeries, liver_mask: np.ndarr
         130,
         101,
     )
-    referenced = {
-        i.ReferencedSOPInstanceUID for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
-    }
+    referenced = {i.ReferencedSOPInstanceUID for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
     assert referenced == {str(ds.SOPInstanceUID) for ds in ct.datasets}
 
     labels, names = read_dicom_seg(path, ct)
@@ -145,17 +141,13 @@ def test_synthesised_oblique_hippocampus(tmp_path: Path) -> None:
         slice_spacing=1.5,
     )
     series = load_series(write_series(synth, tmp_path / "mr"))
-    path = write_dicom_seg(
-        series, label, HIPPOCAMPUS_SEGMENTS, tmp_path / "seg.dcm", algorithm_version="0.1.0"
-    )
+    path = write_dicom_seg(series, label, HIPPOCAMPUS_SEGMENTS, tmp_path / "seg.dcm", algorithm_version="0.1.0")
     assert dciodvfy_errors(path) == []
     labels, names = read_dicom_seg(path, series)
     np.testing.assert_array_equal(labels, label)
     assert names == {1: "Anterior hippocampus", 2: "Posterior hippocampus"}
     seg = pydicom.dcmread(path)
-    modifier = (
-        seg.SegmentSequence[1].SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence
-    )
+    modifier = seg.SegmentSequence[1].SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence
     assert modifier[0].CodeMeaning == "Posterior"
     meta, nrrds = dcmqi_read(path, tmp_path / "dcmqi")
     assert [s[0]["labelID"] for s in meta["segmentAttributes"]] == [1, 2]
@@ -164,13 +156,9 @@ def test_synthesised_oblique_hippocampus(tmp_path: Path) -> None:
         np.testing.assert_array_equal(grid > 0, label == value)
 
 
-def test_absent_segments_are_skipped_and_renumbered(
-    tmp_path: Path, ct: DicomSeries, liver_mask: np.ndarray
-) -> None:
+def test_absent_segments_are_skipped_and_renumbered(tmp_path: Path, ct: DicomSeries, liver_mask: np.ndarray) -> None:
     posterior_only = liver_mask.astype(np.uint8) * 2
-    path = write_dicom_seg(
-        ct, posterior_only, HIPPOCAMPUS_SEGMENTS, tmp_path / "s.dcm", algorithm_version="1"
-    )
+    path = write_dicom_seg(ct, posterior_only, HIPPOCAMPUS_SEGMENTS, tmp_path / "s.dcm", algorithm_version="1")
     labels, names = read_dicom_seg(path, ct)
     assert names == {1: "Posterior hippocampus"}
     np.testing.assert_array_equal(labels, liver_mask)
