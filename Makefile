@@ -1,0 +1,31 @@
+# DoubleU-Net Segment: `make demo` sets everything up and runs the shipped models on the sample data;
+# `make test` sets everything up and runs the tests. Both create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install demo test bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m doubleunet_segment.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_inference.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check monai_bundle tests DoubleUNetSegment benchmarks
+
+clean:
+	rm -rf outputs runs .pytest_cache
