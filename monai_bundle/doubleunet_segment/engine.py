@@ -15,7 +15,7 @@ import torch
 
 from .inferer import DoubleUNetInferer
 from .models import ModelSpec, load_model
-from .transforms import Normalize, ProbabilitiesToLabels
+from .transforms import Normalize, ProbabilitiesToLabels, add_slice_context
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -85,6 +85,10 @@ class Engine:
         if volume.ndim != 4:
             raise ValueError(f"expected a channel-first (C, X, Y, Z) volume, got shape {volume.shape}")
         c = volume.shape[0]
+        if self.spec.context:
+            if c == 3:
+                volume = volume.mean(axis=0, keepdims=True)
+            return volume  # neighbours become the channels after normalisation
         if c == self.spec.in_channels:
             return volume
         if c == 3 and self.spec.in_channels == 1:
@@ -96,6 +100,7 @@ class Engine:
     def predict(self, volume: np.ndarray, progress: ProgressCallback | None = None, chunk: int = 16) -> np.ndarray:
         """(C, X, Y, Z) volume -> (K, X, Y, Z) float32 probabilities, along the model's slice axis."""
         x = self.preprocessing(self._check_channels(volume))
+        x = add_slice_context(x, self.inferer.slice_axis, self.spec.context)
         axis = self.inferer.slice_axis
         n = x.shape[axis + 1]
         out = np.zeros((self.spec.out_channels, *x.shape[1:]), dtype=np.float32)

@@ -34,6 +34,7 @@ class ModelSpec:
     inplane: str = "resize"  # "resize" whole slices to roi_size, or "sliding_window" over them
     roi_size: tuple[int, int] = (256, 256)
     slice_axis: int = 2
+    context: int = 0  # 2.5D: neighbouring slices on each side given as channels
     threshold: float = 0.5
     segments: str | list = "polyp"  # a named set of SEGMENT_SETS, or a list of SegmentInfo dicts
     description: str = ""

@@ -112,3 +112,37 @@ class ProbabilitiesToLabelsd(MapTransform):
                 labels = (labels == k).to(torch.uint8)
             d[key] = labels.float()
         return d
+
+
+def add_slice_context(volume: torch.Tensor, axis: int, context: int) -> torch.Tensor:
+    """(1, X, Y, Z) -> (2 * context + 1, X, Y, Z): each voxel also sees its neighbours along ``axis``.
+
+    For 2.5D models: slice k of channel j is slice k + j - context of the input (edges repeat), so a
+    slice-by-slice inferer hands the network a slice with its neighbours as channels.
+    """
+    if context == 0:
+        return volume
+    if volume.shape[0] != 1:
+        raise ValueError(f"2.5D context needs a one-channel volume, got {volume.shape[0]} channels")
+    dim = axis + 1
+    n = volume.shape[dim]
+    channels = []
+    for offset in range(-context, context + 1):
+        index = torch.clamp(torch.arange(n) + offset, 0, n - 1)
+        channels.append(torch.index_select(volume, dim, index.to(volume.device)))
+    return torch.cat(channels, dim=0)
+
+
+class SliceContextd(MapTransform):
+    """Dictionary transform around :func:`add_slice_context` for the bundle configs."""
+
+    def __init__(self, keys: Sequence[Hashable], axis: int = 2, context: int = 0) -> None:
+        super().__init__(keys)
+        self.axis = axis
+        self.context = context
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = add_slice_context(d[key], self.axis, self.context)
+        return d
