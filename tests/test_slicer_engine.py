@@ -1,0 +1,187 @@
+"""The extension's engine path for real: the commands it builds run the real CLI and worker on a real volume.
+
+A model with untrained weights (the shipped ones may not exist yet) segments three slices of a real MSD
+hippocampus MR volume; the test reads the progress lines as the panel does and imports the result as the
+effect does, checking geometry, names, colours and terminology against the engine's own writers.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "DoubleUNetSegment"))
+
+from doubleunet_segment.network import DoubleUNet  # noqa: E402
+from doubleunet_segment.nifti_io import write_seg_nrrd  # noqa: E402
+from doubleunet_segment.segments import HIPPOCAMPUS_SEGMENTS  # noqa: E402
+from DoubleUNetSegmentLib.bundle import find_bundle_root  # noqa: E402
+from DoubleUNetSegmentLib.commands import EngineOptions, cli_command, engine_environment, worker_command  # noqa: E402
+from DoubleUNetSegmentLib.events import RunState, failure_message  # noqa: E402
+from DoubleUNetSegmentLib.process import EngineProcess  # noqa: E402
+from DoubleUNetSegmentLib.segment_import import (  # noqa: E402
+    labels_from_probabilities,
+    plan_import,
+    read_result,
+)
+
+HIPPO = Path("/work/shared/data/msd-hippocampus/imagesTr/hippocampus_001.nii.gz")
+SPEC = {
+    "in_channels": 1,
+    "out_channels": 3,
+    "normalization": "zscore",
+    "inplane": "sliding_window",
+    "roi_size": [64, 64],
+    "slice_axis": 2,
+    "segments": "hippocampus",
+}
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    torch.save(DoubleUNet(in_channels=1, out_channels=3).state_dict(), folder / "m.pt")
+    (folder / "m.json").write_text(json.dumps(SPEC))
+    return folder / "m.pt"
+
+
+@pytest.fixture(scope="module")
+def slab(tmp_path_factory) -> Path:
+    """Slices 15-17 of a real MR volume, written as Slicer would write the input (uncompressed NIfTI)."""
+    image = nib.load(HIPPO)
+    shift = np.eye(4)
+    shift[2, 3] = 15
+    path = tmp_path_factory.mktemp("input") / "input.nii"
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[:, :, 15:18], image.affine @ shift), path)
+    return path
+
+
+def env() -> dict[str, str]:
+    environment = engine_environment(find_bundle_root(ROOT / "DoubleUNetSegment"))
+    environment["OMP_NUM_THREADS"] = "2"
+    return environment
+
+
+def run_to_end(proc: EngineProcess, state: RunState, timeout: float = 120.0) -> list:
+    events, deadline = [], time.monotonic() + timeout
+    while not proc.finished():
+        assert time.monotonic() < deadline, "engine did not finish"
+        for event in proc.poll():
+            state.apply(event)
+            events.append(event)
+        time.sleep(0.05)
+    for event in proc.poll():
+        state.apply(event)
+        events.append(event)
+    return events
+
+
+def test_panel_command_runs_the_real_cli_and_its_result_imports(model: Path, slab: Path, tmp_path: Path) -> None:
+    options = EngineOptions(model=str(model), device="cpu", batch_size=3, save_probabilities=True)
+    command = cli_command(sys.executable, slab, tmp_path / "output", options)
+    proc = EngineProcess(command, env=env())
+    state = RunState()
+    events = run_to_end(proc, state)
+    assert proc.returncode == 0, proc.stderr_text()
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "device" and kinds[-1] == "done" and "start" in kinds and "progress" in kinds
+    assert state.device == "cpu" and state.device_reason == "CPU requested" and state.percent == 100
+    done = [e.data["done"] for e in events if e.kind == "progress"]
+    assert done == sorted(done) and done[-1] == 3
+
+    result = read_result(Path(state.outputs["segments"]).parent)
+    assert result.folder == tmp_path / "output" / "input"
+    assert [s.name for s in result.segments] == [s.name for s in HIPPOCAMPUS_SEGMENTS]
+    assert result.segments[0].color == tuple(c / 255 for c in HIPPOCAMPUS_SEGMENTS[0].color)
+    labelmap, source = nib.load(result.labelmap), nib.load(slab)
+    assert labelmap.shape == source.shape and np.allclose(labelmap.affine, source.affine)
+    labels = np.asarray(labelmap.dataobj)
+    probabilities = nib.load(result.probabilities).get_fdata(dtype=np.float32)
+    assert probabilities.shape == (*source.shape, 3)
+    assert np.array_equal(labels_from_probabilities(probabilities, 0.5), labels)  # the slider's 0.5 = engine
+    assert result.voxels == {s.name: int((labels == s.value).sum()) for s in HIPPOCAMPUS_SEGMENTS}
+
+    # Terminology exactly as the engine's own .seg.nrrd writer (which Slicer reads) stores it
+    import nrrd
+
+    write_seg_nrrd(labels, source.affine, HIPPOCAMPUS_SEGMENTS, tmp_path / "ref.seg.nrrd")
+    header = nrrd.read_header(str(tmp_path / "ref.seg.nrrd"))
+    for i, spec in enumerate(result.segments):
+        assert header[f"Segment{i}_Tags"] == f"TerminologyEntry:{spec.terminology}|"
+    plan = plan_import(result.segments, ["Anterior hippocampus"], result.voxels, keep_empty=True)
+    assert [i.name for i in plan.items] == ["Anterior hippocampus 2", "Posterior hippocampus"]
+
+
+def test_engine_errors_reach_the_user(slab: Path, tmp_path: Path) -> None:
+    command = cli_command(sys.executable, slab, tmp_path, EngineOptions(model=str(tmp_path / "none.pt"), device="cpu"))
+    proc = EngineProcess(command, env=env())
+    state = RunState()
+    run_to_end(proc, state)
+    assert proc.returncode == 2
+    assert "none.pt" in failure_message(state, proc.returncode, proc.stderr_text())
+
+
+def test_worker_keeps_the_model_and_answers_slice_requests(model: Path, slab: Path, tmp_path: Path) -> None:
+    command = worker_command(sys.executable, EngineOptions(model=str(model), device="cpu"))
+    proc = EngineProcess(command, env=env(), stdin=True)
+    try:
+        state = RunState()
+        deadline = time.monotonic() + 120
+
+        seen: list = []
+
+        def wait_for(kind: str, request: str | None = None) -> dict:
+            while time.monotonic() < deadline:
+                for event in proc.poll():
+                    state.apply(event)
+                    seen.append(event)
+                for i, event in enumerate(seen):
+                    if event.kind == kind and (request is None or event.data.get("id") == request):
+                        del seen[: i + 1]
+                        return event.data
+                assert proc.running(), proc.stderr_text()
+                time.sleep(0.02)
+            raise AssertionError(f"no {kind} event")
+
+        ready = wait_for("ready")
+        assert ready["slice_axis"] == 2 and [s["name"] for s in ready["segments"]][0] == "Anterior hippocampus"
+        timings = []
+        for request_id, k in (("1", 1), ("2", 2)):
+            start = time.monotonic()
+            request = {
+                "id": request_id,
+                "input": str(slab),
+                "output": str(tmp_path),
+                "name": f"s{k}",
+                "slices": [k, k + 1],
+            }
+            proc.send(request)
+            done = wait_for("done", request_id)
+            wait_for("idle", request_id)
+            timings.append(time.monotonic() - start)
+            result = read_result(Path(done["outputs"]["segments"]).parent)
+            one = nib.load(result.labelmap)
+            assert one.shape == (*nib.load(slab).shape[:2], 1)
+            expected = nib.load(slab).affine @ np.array([0, 0, k, 1.0])
+            assert np.allclose(one.affine[:, 3], expected)  # the slice stays where it was in space
+            assert nib.load(result.probabilities).shape == (*one.shape, 3)
+        print(f"worker slice timings (s): {[round(t, 2) for t in timings]}")
+        assert timings[1] < 5.0, "a Preview with the model already loaded should take about a second"
+
+        proc.send({"id": "bad", "input": str(slab), "output": str(tmp_path), "slices": [5, 9]})
+        error = wait_for("error", "bad")
+        assert "outside the volume" in error["message"]
+        wait_for("idle", "bad")
+        assert proc.running()  # a bad request does not end the worker
+    finally:
+        proc.close()
+    assert proc.returncode == 0 and not proc.cancelled
