@@ -60,6 +60,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.previewGeometryNode = None
         self.previewResult = None
         self.previewRequest: dict | None = None
+        self.previewBox = None
         self.previewSegmentationNode = None
         self.lastSliceWidget = None
         self.errorText: str | None = None
@@ -475,7 +476,7 @@ Undo takes it back. The first use may offer to install PyTorch and MONAI into Sl
     def previewLabels(self) -> np.ndarray:
         """Labels (I, J, K) of the kept probabilities at the slider's threshold, ROI applied."""
         labels = labels_from_probabilities(self.previewProbabilities, float(self.thresholdSlider.value))
-        if getattr(self, "previewBox", None) is not None:
+        if self.previewBox is not None:
             offset = [0, 0, 0]
             slices = self.previewRequest["slices"]
             if slices:
