@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import torch
-from conftest import REPO, needs_data
+from conftest import DATA, REPO, needs_data
 
 BUNDLE = REPO / "monai_bundle"
 CONFIGS = BUNDLE / "configs"
@@ -146,3 +146,24 @@ def test_inference_config_segments_images(tmp_path, polyp_model):
         assert {"segmentation.nii.gz", "segments.json", "mask.png", "overlay.png"} <= {
             p.name for p in (out / case).iterdir()
         }
+
+
+@needs_data
+def test_inference_config_reads_dicom_folders(tmp_path, polyp_model):
+    ct = DATA / "dcmqi-ct3slice-seg" / "ct-3slice"
+    out = tmp_path / "inference"
+    bundle(
+        "run",
+        "inference",
+        "--config_file",
+        str(CONFIGS / "inference.json"),
+        "--model",
+        str(polyp_model),
+        "--input",
+        str(ct),
+        "--output_dir",
+        str(out),
+        cwd=tmp_path,
+    )
+    (case,) = list(out.iterdir())
+    assert {"segmentation.nii.gz", "seg.dcm", "segments.json"} <= {p.name for p in case.iterdir()}
