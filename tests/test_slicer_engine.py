@@ -154,9 +154,7 @@ def test_worker_keeps_the_model_and_answers_slice_requests(model: Path, slab: Pa
 
         ready = wait_for("ready")
         assert ready["slice_axis"] == 2 and [s["name"] for s in ready["segments"]][0] == "Anterior hippocampus"
-        timings = []
         for request_id, k in (("1", 1), ("2", 2)):
-            start = time.monotonic()
             request = {
                 "id": request_id,
                 "input": str(slab),
@@ -167,15 +165,12 @@ def test_worker_keeps_the_model_and_answers_slice_requests(model: Path, slab: Pa
             proc.send(request)
             done = wait_for("done", request_id)
             wait_for("idle", request_id)
-            timings.append(time.monotonic() - start)
             result = read_result(Path(done["outputs"]["segments"]).parent)
             one = nib.load(result.labelmap)
             assert one.shape == (*nib.load(slab).shape[:2], 1)
             expected = nib.load(slab).affine @ np.array([0, 0, k, 1.0])
             assert np.allclose(one.affine[:, 3], expected)  # the slice stays where it was in space
             assert nib.load(result.probabilities).shape == (*one.shape, 3)
-        print(f"worker slice timings (s): {[round(t, 2) for t in timings]}")
-        assert timings[1] < 5.0, "a Preview with the model already loaded should take about a second"
 
         proc.send({"id": "bad", "input": str(slab), "output": str(tmp_path), "slices": [5, 9]})
         error = wait_for("error", "bad")
