@@ -20,7 +20,9 @@ from typing import Any
 from . import __version__
 from .atomic import atomic_write_text, refuse_overwrite
 from .cases import Case, Volume, discover
+from .distributed import local_device, shard_of
 from .engine import Engine, Segmentation
+from .fastpath import BACKENDS, PRECISIONS, prefetch
 from .models import ModelSpec, read_catalog, resolve_model
 from .nifti_io import write_nifti
 from .overlay import blend, mask_png, orthogonal_views, save_png
@@ -57,7 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threshold", type=float, default=None, help="foreground probability cut for binary models")
     p.add_argument("--tta", action="store_true", help="test-time augmentation with flips (3x slower)")
-    p.add_argument("--batch-size", type=int, default=4, help="slices per forward pass (default 4)")
+    p.add_argument("--batch-size", type=int, default=None, help="slices per forward pass (default: per device)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto: bf16/fp16 if it keeps fp32 masks")
+    p.add_argument("--backend", default="auto", choices=BACKENDS, help="auto: ONNX Runtime for fp32 if faster")
+    p.add_argument(
+        "--skip-empty",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="label slices with every voxel <= --background as background unseen (default off)",
+    )
+    p.add_argument("--background", type=float, default=None, help="skip threshold (default: the volume's minimum)")
+    p.add_argument("--shard", default=None, metavar="R/N", help="segment cases R, R+N, ... (default: torchrun's rank)")
     p.add_argument("--save-probabilities", action="store_true", help="also write probabilities.nii.gz")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument(
@@ -225,7 +237,11 @@ def run_case(case: Case, engine: Engine, args: argparse.Namespace, formats: set[
         axis = 2 if volume.is_2d_image else engine.inferer.slice_axis
         n = volume.array.shape[axis + 1]
         reporter.start_case(case, n)
-        seg = engine.segment(volume.array, lambda done, total: reporter.progress(case, done, total))
+        seg = engine.segment(
+            volume.array, lambda done, total: reporter.progress(case, done, total), args.save_probabilities
+        )
+        for note in seg.notes + ([f"{seg.skipped} empty slice(s) labelled background"] if seg.skipped else []):
+            reporter.event(event="note", case=case.name, message=note)
         write_outputs(case_dir, volume, seg, engine.spec, planned, args.overwrite)
         voxels = int((seg.labels > 0).sum())
         return CaseResult(case, True, time.monotonic() - start, n, voxels, {k: str(v) for k, v in planned.items()})
@@ -284,10 +300,11 @@ def segment_cases(
     chosen = parse_formats(formats)
     reporter = Reporter(progress, len(cases))
     reporter.event(event="device", device=str(engine.device), reason=engine.device_reason)
+    reporter.event(event="note", message=f"fast path: {engine.path_reason}")
     for note in notes:
         reporter.event(event="note", message=note)
     results = []
-    for case in cases:
+    for case in prefetch(cases):  # the next case is read while this one is segmented
         result = run_case(case, engine, options, chosen, reporter)
         reporter.end_case(result)
         results.append(result)
@@ -304,10 +321,21 @@ def main(argv: list[str] | None = None) -> int:
         parse_formats(args.format)
         check_output_location(args.output, args.inputs)
         cases, notes = discover(args.inputs)  # bad input fails before the model is loaded
+        rank, world = shard_of(args.shard)
+        cases = cases[rank::world]
         spec = resolve_model(args.model)
         if args.threshold is not None:
             spec.threshold = args.threshold
-        engine = Engine(spec, device=args.device, batch_size=args.batch_size, tta=args.tta)
+        engine = Engine(
+            spec,
+            device=local_device(args.device, rank),
+            batch_size=args.batch_size,
+            tta=args.tta,
+            precision=args.precision,
+            backend=args.backend,
+            skip_empty=args.skip_empty,
+            background=args.background,
+        )
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         parser.exit(2, f"doubleunet-segment: error: {err}\n")
     opts = (args.format, args.overwrite, args.save_probabilities, args.progress)

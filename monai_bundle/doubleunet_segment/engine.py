@@ -1,21 +1,34 @@
 """The inference engine: a channel-first volume in, per-class probabilities and a label map out.
 
 The CLI and the Slicer subprocess call :class:`Engine`; the bundle's inference config uses the same
-:class:`inferer.DoubleUNetInferer`. Volumes go through it in chunks of slices so progress can be
-reported and memory grows with the chunk, not with the volume. A 2D image is a volume of one slice.
+:class:`inferer.DoubleUNetInferer`. Volumes stream through it one batch of slices at a time: channel
+expansion, 2.5D context, inference and labelling happen per batch, so memory grows with the batch,
+not with the volume. A 2D image is a volume of one slice. The fast path (precision, backend, batch)
+is chosen once per engine by :mod:`fastpath`, with every choice overridable.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from . import fastpath
 from .inferer import DoubleUNetInferer
 from .models import ModelSpec, load_model
-from .transforms import Normalize, ProbabilitiesToLabels, add_slice_context
+from .network import DoubleUNet
+from .transforms import Normalize, ProbabilitiesToLabels
+
+# Skipping empty slices changes results wherever a model labels blank input as foreground (the
+# random-weight test models do, on the 34 zero slices of the MNI152 volume), so it is opt-in.
+SKIP_EMPTY_DEFAULT = False
+CHANNEL_AGNOSTIC = ("median", "zscore", "unit")  # normalisations that treat repeated grey channels alike
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -42,10 +55,12 @@ def pick_device(choice: str = "auto") -> tuple[torch.device, str]:
 
 @dataclass
 class Segmentation:
-    probabilities: np.ndarray  # (K, X, Y, Z) float32; K = 1 (foreground) for binary models
+    probabilities: np.ndarray | None  # (K, X, Y, Z) float32; K = 1 (foreground); None if not kept
     labels: np.ndarray  # (X, Y, Z) uint8
     device: str
     device_reason: str
+    skipped: int = 0  # empty slices labelled background without running the network
+    notes: list[str] = field(default_factory=list)
 
 
 class Engine:
@@ -54,66 +69,251 @@ class Engine:
     Args:
         spec: the model to run (see :func:`models.resolve_model`).
         device: ``auto``, ``cpu`` or ``cuda``.
-        batch_size: slices per forward pass.
+        batch_size: slices per forward pass (None: a default for the device).
         tta: average over flipped copies (3x the compute).
         threshold: foreground probability cut for binary models (default: the model's own).
         network, inferer, preprocessing, postprocessing: replace the parts built from ``spec``
             (the bundle's inference config passes its own components this way).
+        precision: ``auto`` (bf16/fp16 where it reproduces fp32 masks), ``fp32``, ``bf16`` or ``fp16``.
+        backend: ``auto`` (ONNX Runtime for fp32 where it is faster), ``torch`` or ``onnx``.
+        skip_empty: label slices whose voxels all lie at or below ``background`` as background
+            without running the network (None: :data:`SKIP_EMPTY_DEFAULT`).
+        background: the skip threshold in input units (None: the volume's minimum).
     """
 
     def __init__(
         self,
         spec: ModelSpec,
         device: str = "auto",
-        batch_size: int = 4,
+        batch_size: int | None = None,
         tta: bool = False,
         threshold: float | None = None,
         network: torch.nn.Module | None = None,
         inferer: DoubleUNetInferer | None = None,
         preprocessing: Callable[[np.ndarray], torch.Tensor] | None = None,
         postprocessing: Callable[[np.ndarray], np.ndarray] | None = None,
+        precision: str = "auto",
+        backend: str = "auto",
+        skip_empty: bool | None = None,
+        background: float | None = None,
     ) -> None:
         self.spec = spec
         self.device, self.device_reason = pick_device(device)
         self.threshold = spec.threshold if threshold is None else threshold
         self.network = (network or load_model(spec)).to(self.device).eval()
-        self.inferer = inferer or DoubleUNetInferer.for_model(spec, sw_batch_size=batch_size, tta=tta)
+        pixels = int(np.prod(spec.roi_size))
+        batch = batch_size or (inferer.sw_batch_size if inferer else fastpath.default_batch_size(self.device, pixels))
+        self.inferer = inferer or DoubleUNetInferer.for_model(spec, sw_batch_size=batch, tta=tta)
+        self.inferer.sw_batch_size = batch
         self.preprocessing = preprocessing or Normalize(spec.normalization)
         self.postprocessing = postprocessing or ProbabilitiesToLabels(self.threshold)
+        self.skip_empty = SKIP_EMPTY_DEFAULT if skip_empty is None else skip_empty
+        self.background = background
+        self.notes: list[str] = []
+        self._torch_network = self.network
+        self._use_channels_last()
+        self.precision, precision_reason = fastpath.choose_precision(
+            precision, self.device, self._weights(), self._labels_at, self._validation_images
+        )
+        self.inferer.precision = self.precision
+        self.backend, backend_reason = fastpath.choose_backend(
+            backend,
+            self.device,
+            self.precision,
+            self._weights(),
+            self._race,
+            exportable=isinstance(self._torch_network, DoubleUNet),
+        )
+        if self.backend == "onnx":
+            self.network = self._onnx_network()
+            self.inferer.channels_last = False
+        self.path_reason = f"{precision_reason}; {backend_reason}; batch {self.batch_size}"
+
+    @property
+    def batch_size(self) -> int:
+        return self.inferer.sw_batch_size
+
+    def _weights(self) -> Path | None:
+        weights = Path(self.spec.weights) if self.spec.weights else None
+        return weights if weights is not None and weights.is_file() else None
+
+    def _use_channels_last(self) -> None:
+        """NHWC weights and inputs: oneDNN and cuDNN's fastest convolution layout."""
+        if isinstance(self.network, torch.nn.Module) and any(True for _ in self.network.parameters()):
+            self.network = self.network.to(memory_format=torch.channels_last)
+            self._torch_network = self.network
+            self.inferer.channels_last = True
+
+    def _validation_images(self) -> list[np.ndarray]:
+        return fastpath.validation_images(self.spec)
+
+    def _labels_at(self, image: np.ndarray, precision: str) -> np.ndarray:
+        """Label map of one (C, X, Y, Z) image at ``precision`` (for the acceptance check)."""
+        saved = self.inferer.precision
+        self.inferer.precision = precision
+        try:
+            return self.postprocessing(self.predict(image))
+        finally:
+            self.inferer.precision = saved
+
+    def _race(self) -> tuple[float, float]:
+        """Seconds for one batch at the trained size through PyTorch and through ONNX Runtime (fp32)."""
+        x = torch.rand(self.batch_size, self._network_channels(), *self.spec.roi_size, device=self.device)
+        model = self._torch_network
+        onnx = self._onnx_network()
+        layout = torch.channels_last if self.inferer.channels_last else torch.contiguous_format
+        with torch.inference_mode():
+            torch_s = fastpath.time_call(lambda: model(x.contiguous(memory_format=layout)), repeats=1)
+            onnx_s = fastpath.time_call(lambda: onnx(x), repeats=1)
+        return torch_s, onnx_s
+
+    def _network_channels(self) -> int:
+        return 2 * self.spec.context + 1 if self.spec.context else self.spec.in_channels
+
+    def _onnx_network(self) -> torch.nn.Module:
+        """The ONNX Runtime network, exported once per weights file into the cache."""
+        from .onnx_export import OnnxNetwork, export_onnx
+
+        weights = self._weights()
+        if weights is None:
+            path = Path(tempfile.mkdtemp(prefix="doubleunet-onnx-")) / "model.onnx"
+        else:
+            digest = hashlib.sha1(fastpath.weights_key(weights).encode()).hexdigest()[:16]
+            path = fastpath.cache_dir() / "onnx" / f"{weights.stem}-{digest}.onnx"
+        if not path.is_file():
+            export_onnx(copy.deepcopy(self._torch_network).to("cpu"), path)
+        return OnnxNetwork(path, self.device)
 
     def _check_channels(self, volume: np.ndarray) -> np.ndarray:
+        """The volume with the channels preprocessing expects; grey for RGB models is expanded per batch."""
         if volume.ndim != 4:
             raise ValueError(f"expected a channel-first (C, X, Y, Z) volume, got shape {volume.shape}")
         c = volume.shape[0]
         if self.spec.context:
             if c == 3:
                 volume = volume.mean(axis=0, keepdims=True)
-            return volume  # neighbours become the channels after normalisation
+            return volume  # neighbours become the channels batch by batch
         if c == self.spec.in_channels:
             return volume
         if c == 3 and self.spec.in_channels == 1:
             return volume.mean(axis=0, keepdims=True)  # an RGB rendering of a grey image
         if c == 1 and self.spec.in_channels == 3:
+            if getattr(self.preprocessing, "method", None) in CHANNEL_AGNOSTIC:
+                return volume  # repeated per batch: a 600-slice CT does not triple in memory
             return np.repeat(volume, 3, axis=0)  # grey shown to an RGB model as equal channels
         raise ValueError(f"model {self.spec.name!r} takes {self.spec.in_channels} channel(s), the input has {c}")
 
-    def predict(self, volume: np.ndarray, progress: ProgressCallback | None = None, chunk: int = 16) -> np.ndarray:
-        """(C, X, Y, Z) volume -> (K, X, Y, Z) float32 probabilities, along the model's slice axis."""
-        x = self.preprocessing(self._check_channels(volume))
-        x = add_slice_context(x, self.inferer.slice_axis, self.spec.context)
+    def _batch(self, x: torch.Tensor, index: np.ndarray) -> torch.Tensor:
+        """Slices ``index`` along the slice axis as a (1, C, X, Y, Z) network input, context added."""
+        dim = self.inferer.slice_axis + 1
+        n = x.shape[dim]
+        idx = torch.as_tensor(index)
+        if self.spec.context:
+            offsets = range(-self.spec.context, self.spec.context + 1)
+            part = torch.cat([torch.index_select(x, dim, torch.clamp(idx + o, 0, n - 1)) for o in offsets], dim=0)
+        elif index[-1] - index[0] == len(index) - 1:
+            part = x.narrow(dim, int(index[0]), len(index))  # a run of slices: a view, no gather
+        else:
+            part = torch.index_select(x, dim, idx)
+        if part.shape[0] == 1 and self.spec.in_channels == 3 and not self.spec.context:
+            part = part.expand(3, -1, -1, -1)
+        return part[None].to(self.device)
+
+    def _stream(
+        self, volume: np.ndarray, emit: Callable[[np.ndarray, torch.Tensor], None], progress: ProgressCallback | None
+    ) -> int:
+        """Feed the volume batch by batch to ``emit(slice indices, probabilities)``; returns slices skipped."""
+        checked = self._check_channels(volume)
         axis = self.inferer.slice_axis
-        n = x.shape[axis + 1]
-        out = np.zeros((self.spec.out_channels, *x.shape[1:]), dtype=np.float32)
-        for start in range(0, n, chunk):
-            stop = min(start + chunk, n)
-            part = x.narrow(axis + 1, start, stop - start)[None].to(self.device)
-            index = [slice(None)] * 4
-            index[axis + 1] = slice(start, stop)
-            out[tuple(index)] = self.inferer(part, self.network)[0].cpu().numpy()
+        n = checked.shape[axis + 1]
+        empty = fastpath.empty_slices(checked, axis, self.background) if self.skip_empty else np.zeros(n, bool)
+        if empty.any():
+            shape = list(checked.shape[1:])
+            shape[axis] = int(empty.sum())
+            background = torch.zeros(self.spec.out_channels, *shape)
+            if self.spec.out_channels > 1:
+                background[0] = 1.0  # softmax models: all probability on class 0
+            emit(np.flatnonzero(empty), background)
+        if np.shares_memory(checked, volume):
+            checked = checked.copy()  # some normalisations work in place; the caller's volume stays as given
+        x = self.preprocessing(checked)
+        todo = np.flatnonzero(~empty)
+        done = int(empty.sum())
+
+        def step(a: int, b: int) -> None:
+            index = todo[a:b]
+            emit(index, self.inferer(self._batch(x, index), self.network)[0].cpu())
             if progress:
-                progress(stop, n)
+                progress(done + b, n)
+
+        start = 0
+        batch = self.batch_size
+        while True:
+            try:
+                self.inferer.sw_batch_size = fastpath.run_in_batches(step, len(todo), batch, start, self.notes.append)
+                if progress and not len(todo):
+                    progress(n, n)
+                return int(empty.sum())
+            except fastpath.OutOfMemory as err:
+                if self.device.type != "cuda":
+                    raise
+                start, batch = err.done, self.batch_size
+                self._fall_back_to_cpu()
+
+    def _fall_back_to_cpu(self) -> None:
+        """GPU memory too small even for one slice: finish on the CPU rather than fail."""
+        self.device = torch.device("cpu")
+        self.device_reason += "; fell back to CPU after GPU out-of-memory at batch 1"
+        self.notes.append("GPU out of memory even at batch 1: continuing on the CPU (slower)")
+        self.network = self._torch_network = self._torch_network.to(self.device)
+        self.backend = "torch"
+        self.inferer.channels_last = True
+        if self.precision == "fp16":
+            self.precision = self.inferer.precision = "fp32"
+
+    @staticmethod
+    def _put(out: np.ndarray, axis: int, index: np.ndarray, values: np.ndarray) -> None:
+        """``out[..., index, ...] = values`` along the slice axis of a (K, X, Y, Z) or (X, Y, Z) array."""
+        dim = axis + out.ndim - 3
+        where = [slice(None)] * out.ndim
+        where[dim] = index
+        out[tuple(where)] = values
+
+    def predict(
+        self, volume: np.ndarray, progress: ProgressCallback | None = None, chunk: int | None = None
+    ) -> np.ndarray:
+        """(C, X, Y, Z) volume -> (K, X, Y, Z) float32 probabilities, along the model's slice axis.
+
+        ``chunk`` (slices per forward pass) overrides the engine's batch size for this call.
+        """
+        saved = self.inferer.sw_batch_size
+        if chunk:
+            self.inferer.sw_batch_size = chunk
+        axis = self.inferer.slice_axis
+        out = np.zeros((self.spec.out_channels, *volume.shape[1:]), dtype=np.float32)
+        try:
+            self._stream(volume, lambda index, p: self._put(out, axis, index, p.numpy()), progress)
+        finally:
+            if chunk:
+                self.inferer.sw_batch_size = saved
         return out
 
-    def segment(self, volume: np.ndarray, progress: ProgressCallback | None = None) -> Segmentation:
-        probs = self.predict(volume, progress)
-        return Segmentation(probs, self.postprocessing(probs), str(self.device), self.device_reason)
+    def segment(
+        self, volume: np.ndarray, progress: ProgressCallback | None = None, keep_probabilities: bool = True
+    ) -> Segmentation:
+        """Probabilities (if kept) and labels; labels are made per batch, so without probabilities a
+        512x512x600 volume needs only its own memory plus a uint8 label map."""
+        axis = self.inferer.slice_axis
+        shape = volume.shape[1:]
+        labels = np.zeros(shape, dtype=np.uint8)
+        probs = np.zeros((self.spec.out_channels, *shape), dtype=np.float32) if keep_probabilities else None
+        self.notes = []
+
+        def emit(index: np.ndarray, p: torch.Tensor) -> None:
+            values = p.numpy()
+            self._put(labels, axis, index, self.postprocessing(values))
+            if probs is not None:
+                self._put(probs, axis, index, values)
+
+        skipped = self._stream(volume, emit, progress)
+        return Segmentation(probs, labels, str(self.device), self.device_reason, skipped, list(self.notes))

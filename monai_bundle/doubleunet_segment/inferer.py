@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from monai.inferers import Inferer, SliceInferer
 from torch import nn
 
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 
 class ProbabilityNet(nn.Module):
     """Wraps the network so a batch of slices maps to probabilities at the slices' own size.
@@ -23,14 +25,24 @@ class ProbabilityNet(nn.Module):
     averages over horizontal and vertical flips (3x the compute).
     """
 
-    def __init__(self, net: nn.Module, out_channels: int, resize_to: Sequence[int] | None, tta: bool) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        out_channels: int,
+        resize_to: Sequence[int] | None,
+        tta: bool,
+        channels_last: bool = False,
+    ) -> None:
         super().__init__()
         self.net = net
         self.out_channels = out_channels
         self.resize_to = tuple(resize_to) if resize_to else None
         self.tta = tta
+        self.channels_last = channels_last
 
     def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:  # oneDNN/cuDNN run NHWC convs without reordering each layer's input
+            x = x.contiguous(memory_format=torch.channels_last)
         logits = self.net(x).float()
         return torch.sigmoid(logits) if self.out_channels == 1 else torch.softmax(logits, dim=1)
 
@@ -59,7 +71,10 @@ class DoubleUNetInferer(Inferer):
         sw_batch_size: slices (or windows) per forward pass.
         overlap: sliding-window overlap.
         tta: flip test-time augmentation.
-        amp: mixed precision on CUDA.
+        amp: mixed precision (float16) on CUDA; used when ``precision`` is ``auto``.
+        precision: ``auto`` (as ``amp`` says), ``fp32``, ``bf16`` or ``fp16`` autocast on any device;
+            the engine sets it to the precision its acceptance check allowed.
+        channels_last: feed the network NHWC tensors (set with a channels-last network).
     """
 
     def __init__(
@@ -72,8 +87,12 @@ class DoubleUNetInferer(Inferer):
         overlap: float = 0.25,
         tta: bool = False,
         amp: bool = True,
+        precision: str = "auto",
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
+        if precision not in AUTOCAST_DTYPES and precision != "auto":
+            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
         if inplane not in ("resize", "sliding_window"):
             raise ValueError(f"inplane must be 'resize' or 'sliding_window', got {inplane!r}")
         self.out_channels = out_channels
@@ -84,6 +103,14 @@ class DoubleUNetInferer(Inferer):
         self.overlap = overlap
         self.tta = tta
         self.amp = amp
+        self.precision = precision
+        self.channels_last = channels_last
+
+    def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
+        """The dtype to autocast to on ``device``, or None for plain float32."""
+        if self.precision == "auto":
+            return torch.float16 if self.amp and device.type == "cuda" else None
+        return AUTOCAST_DTYPES[self.precision]
 
     @classmethod
     def for_model(cls, spec: Any, **kwargs: Any) -> DoubleUNetInferer:
@@ -101,7 +128,9 @@ class DoubleUNetInferer(Inferer):
         volume = inputs[..., None] if is_2d else inputs
         axis = 2 if is_2d else self.slice_axis
         resize = self.inplane == "resize"
-        model = ProbabilityNet(network, self.out_channels, self.roi_size if resize else None, self.tta)
+        model = ProbabilityNet(
+            network, self.out_channels, self.roi_size if resize else None, self.tta, self.channels_last
+        )
         plane = [s for i, s in enumerate(volume.shape[2:]) if i != axis]
         slicer = SliceInferer(
             spatial_dim=axis,
@@ -110,8 +139,8 @@ class DoubleUNetInferer(Inferer):
             overlap=self.overlap,
             mode="gaussian",
         )
-        use_amp = self.amp and volume.device.type == "cuda"
-        with torch.inference_mode(), torch.autocast(volume.device.type, enabled=use_amp):
+        dtype = self.autocast_dtype(volume.device)
+        with torch.inference_mode(), torch.autocast(volume.device.type, dtype=dtype, enabled=dtype is not None):
             out = slicer(volume, model)
         out = torch.as_tensor(out).float()
         return out[..., 0] if is_2d else out

@@ -1,0 +1,361 @@
+"""``make bench``: how close DoubleU-Net inference gets to this machine's own convolution peak.
+
+One run measures and prints a table, and writes it as JSON plus a bar chart (PNG):
+
+1. the machine's peak: a 3x3 conv 512->512 at 32x32, batch 8, channels_last (fp32, and bf16/fp16
+   where the device has them): the best any convolutional network can hope for here;
+2. DoubleU-Net per slice at each size for each path (eager fp32 NCHW = the baseline; channels_last +
+   inference_mode; bf16/fp16 autocast; ONNX Runtime; batched): seconds per slice, slices/s,
+   GFLOP/s (counted with FlopCounterMode), % of the peak of the same precision, speed-up over
+   the baseline, peak resident memory;
+3. end to end: a real volume (brain1 MR) resampled to 512x512xN, read, segmented and written through
+   the ``doubleunet-segment`` command line, with a model that sees whole 512x512 slices;
+4. memory: a 512x512x600 volume streamed through the engine (stand-in network), peak resident memory.
+
+Each measurement runs in its own process, so its peak memory is its own. Timings are the best of
+``--repeats`` after a warm-up. Usage: ``python benchmarks/bench_inference.py [--quick] [--device cuda]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("DOUBLEUNET_SAMPLES", REPO.parent / "shared" / "data"))
+VOLUME_SOURCE = DATA / "pyradiomics-3d" / "nifti" / "brain1_image.nii.gz"
+SHIPPED = REPO / "monai_bundle" / "models" / "model.pt"
+PEAK_SHAPE = (8, 512, 32, 32)  # batch, channels, H, W of the reference convolution
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def sync(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def best_time(fn, repeats: int, device: str) -> float:
+    """Best wall time of ``fn`` after one warm-up (the first call builds oneDNN/cuDNN plans)."""
+    fn()
+    sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def dtype_of(precision: str):
+    import torch
+
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def measure_peak(device: str, precision: str, repeats: int) -> dict:
+    import torch
+
+    n, c, h, w = PEAK_SHAPE
+    torch.backends.cudnn.benchmark = True
+    conv = torch.nn.Conv2d(c, c, 3, padding=1, bias=False).to(device, memory_format=torch.channels_last).eval()
+    x = torch.rand(n, c, h, w, device=device).contiguous(memory_format=torch.channels_last)
+    dtype = dtype_of(precision)
+
+    def run() -> None:
+        with torch.inference_mode(), torch.autocast(device, dtype=dtype, enabled=dtype is not None):
+            conv(x)
+
+    seconds = best_time(run, max(repeats, 5), device)
+    flops = 2 * n * c * c * 9 * h * w
+    return {"precision": precision, "seconds": seconds, "gflops": flops / seconds / 1e9}
+
+
+def build_network(channels: int = 3):
+    """The shipped polyp weights if present, else a seeded random DoubleU-Net (timing ignores weights)."""
+    import torch
+    from doubleunet_segment.models import load_weights
+    from doubleunet_segment.network import DoubleUNet
+
+    torch.manual_seed(0)
+    net = DoubleUNet(in_channels=channels, out_channels=1)
+    if SHIPPED.is_file() and channels == 3:
+        load_weights(net, SHIPPED)
+    return net.eval()
+
+
+def count_flops(size: int) -> float:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = build_network()
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        net(torch.rand(1, 3, size, size))
+    return float(counter.get_total_flops())
+
+
+def measure_path(device: str, path: str, size: int, batch: int, repeats: int) -> dict:
+    """Seconds per slice of one path at one size (run in a fresh process by :func:`run_worker`)."""
+    import torch
+
+    torch.backends.cudnn.benchmark = True
+    net = build_network().to(device)
+    x = torch.rand(batch, 3, size, size, device=device)
+    if path == "onnx_fp32":
+        from doubleunet_segment.onnx_export import OnnxNetwork, export_onnx
+
+        with tempfile.TemporaryDirectory() as tmp:
+            model = OnnxNetwork(export_onnx(net.cpu(), Path(tmp) / "m.onnx"), device)
+            seconds = best_time(lambda: model(x), repeats, device)
+    else:
+        precision = path.rsplit("_", 1)[-1]
+        channels_last = path != "eager_fp32"
+        if channels_last:
+            net = net.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        dtype = dtype_of(precision)
+        grad = torch.inference_mode if channels_last else torch.no_grad
+
+        def run() -> None:
+            with grad(), torch.autocast(device, dtype=dtype, enabled=dtype is not None):
+                net(x)
+
+        seconds = best_time(run, repeats, device)
+    out = {"seconds_per_slice": seconds / batch, "peak_rss_gb": peak_rss_gb()}
+    if device == "cuda":
+        out["peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    return out
+
+
+def measure_volume(device: str, slices: int, precision: str, backend: str) -> dict:
+    """Read, segment and write a 512x512xN volume through the command line; seconds and peak memory."""
+    import nibabel as nib
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from doubleunet_segment.cli import main
+    from doubleunet_segment.network import DoubleUNet
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-volume-"))
+    os.environ["DOUBLEUNET_CACHE"] = str(tmp / "cache")
+    src = nib.load(VOLUME_SOURCE)
+    data = torch.from_numpy(np.asarray(src.dataobj, dtype=np.float32))[None, None]
+    data = F.interpolate(data, size=(512, 512, slices), mode="trilinear", align_corners=False)[0, 0].numpy()
+    affine = src.affine @ np.diag([src.shape[0] / 512, src.shape[1] / 512, src.shape[2] / slices, 1.0])
+    volume = tmp / "brain1_512.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), volume)
+    torch.manual_seed(0)
+    weights = tmp / "ct512.pt"
+    torch.save(DoubleUNet(in_channels=1, out_channels=1).state_dict(), weights)
+    spec = {"in_channels": 1, "out_channels": 1, "normalization": "zscore", "inplane": "resize"}
+    weights.with_suffix(".json").write_text(json.dumps({**spec, "roi_size": [512, 512], "segments": "polyp"}))
+    args = [str(volume), "-o", str(tmp / "out"), "--model", str(weights), "--format", "nifti", "--progress", "none"]
+    args += ["--device", device, "--precision", precision, "--backend", backend]
+    start = time.perf_counter()
+    status = main(args)
+    seconds = time.perf_counter() - start
+    if status != 0:
+        raise RuntimeError("the command line failed on the benchmark volume")
+    return {"seconds": seconds, "slices": slices, "peak_rss_gb": peak_rss_gb()}
+
+
+def measure_memory(slices: int, normalization: str) -> dict:
+    """Peak memory of streaming a 512x512xN volume through the engine with a 1x1-conv stand-in network."""
+    import numpy as np
+    import torch
+    from doubleunet_segment.engine import Engine
+    from doubleunet_segment.models import ModelSpec
+
+    spec = ModelSpec(name="stand-in", weights=Path("none"), in_channels=3, normalization=normalization)
+    spec.roi_size = (512, 512)
+    engine = Engine(spec, "cpu", network=torch.nn.Conv2d(3, 1, 1), precision="fp32", backend="torch")
+    volume = np.random.default_rng(0).integers(0, 255, (1, 512, 512, slices)).astype(np.float32)
+    start = time.perf_counter()
+    seg = engine.segment(volume, keep_probabilities=False)
+    return {"seconds": time.perf_counter() - start, "peak_rss_gb": peak_rss_gb(), "labels": list(seg.labels.shape)}
+
+
+def run_worker(task: dict) -> dict:
+    """Run ``task`` in a fresh Python process and return its JSON answer (or the error)."""
+    cmd = [sys.executable, __file__, "--worker", json.dumps(task)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(lines[-1])
+
+
+def worker_main(task: dict) -> None:
+    kind = task.pop("kind")
+    fn = {
+        "peak": measure_peak,
+        "path": measure_path,
+        "volume": measure_volume,
+        "memory": measure_memory,
+        "flops": lambda size: {"flops": count_flops(size)},
+    }[kind]
+    print(json.dumps(fn(**task)), flush=True)
+
+
+def device_info(device: str) -> dict:
+    import torch
+    from doubleunet_segment.inferer import cpu_supports_bf16
+
+    info = {"device": device, "torch": torch.__version__, "python": platform.python_version()}
+    if device == "cuda":
+        info["name"] = torch.cuda.get_device_name(0)
+        info["reduced"] = ["fp16", "bf16"] if torch.cuda.is_bf16_supported() else ["fp16"]
+    else:
+        cpuinfo = Path("/proc/cpuinfo")
+        names = [line for line in cpuinfo.read_text().splitlines() if "model name" in line] if cpuinfo.is_file() else []
+        model = names[0].split(":", 1)[1].strip() if names else platform.processor()
+        info["name"] = f"{model}, {os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads"
+        info["reduced"] = ["bf16"] if cpu_supports_bf16() else []
+    return info
+
+
+def paths_for(device: str, reduced: list[str]) -> list[str]:
+    from doubleunet_segment.onnx_export import onnxruntime_providers
+
+    paths = ["eager_fp32", "cl_fp32"] + [f"cl_{p}" for p in reduced]
+    wanted = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
+    if wanted in onnxruntime_providers():
+        paths.append("onnx_fp32")
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--sizes", default="256,512", help="slice sizes, comma-separated")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (best is kept)")
+    p.add_argument("--volume-slices", type=int, default=200, help="slices of the end-to-end volume (0: skip)")
+    p.add_argument("--memory-slices", type=int, default=600, help="slices of the memory check (0: skip)")
+    p.add_argument("--quick", action="store_true", help="one repeat, a 16-slice volume: a check, not a figure")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="folder for JSON and PNG")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        worker_main(json.loads(args.worker))
+        return 0
+    import torch
+    from doubleunet_segment.fastpath import default_batch_size
+
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.quick:
+        args.repeats, args.volume_slices = 1, min(args.volume_slices, 16)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    info = device_info(device)
+    report = {**info, "date": datetime.datetime.now().isoformat(timespec="minutes"), "quick": args.quick}
+    print(f"device: {info['name']} ({device}); torch {info['torch']}; {report['date']}", flush=True)
+
+    peaks = {}
+    for precision in ["fp32"] + info["reduced"]:
+        peaks[precision] = run_worker({"kind": "peak", "device": device, "precision": precision, "repeats": 5})
+        print(f"peak {precision}: {peaks[precision].get('gflops', float('nan')):.0f} GFLOP/s", flush=True)
+    report["peak"] = peaks
+
+    rows = []
+    paths = paths_for(device, info["reduced"])
+    best_reduced = next((f"cl_{r}" for r in info["reduced"]), "cl_fp32")
+    for size in sizes:
+        flops = run_worker({"kind": "flops", "size": size})["flops"]
+        batched = default_batch_size(torch.device(device), size * size)
+        plan = [(path, 1) for path in paths] + [(best_reduced, batched)]
+        base = None
+        for path, batch in plan:
+            task = {"kind": "path", "device": device, "path": path, "size": size, "batch": batch}
+            r = run_worker({**task, "repeats": args.repeats})
+            precision = path.rsplit("_", 1)[-1]
+            row = {"size": size, "path": path if batch == 1 else f"{path} batch {batch}", "batch": batch, **r}
+            if "seconds_per_slice" in r:
+                s = r["seconds_per_slice"]
+                base = s if path == "eager_fp32" else base
+                peak = peaks.get(precision, {}).get("gflops")
+                row.update(
+                    slices_per_s=1 / s,
+                    gflops=flops / s / 1e9,
+                    pct_peak=100 * flops / s / 1e9 / peak if peak else None,
+                    speedup=base / s if base else None,
+                    gflop_per_slice=flops / 1e9,
+                )
+            rows.append(row)
+            print(format_row(row), flush=True)
+    report["rows"] = rows
+
+    timed = [r for r in rows if r["size"] == max(sizes) and "seconds_per_slice" in r and r["batch"] == 1]
+    if args.volume_slices and VOLUME_SOURCE.is_file() and timed:
+        fastest = min(timed, key=lambda r: r["seconds_per_slice"])["path"]
+        precision = fastest.rsplit("_", 1)[-1]
+        backend = "onnx" if fastest.startswith("onnx") else "torch"
+        task = {"kind": "volume", "device": device, "slices": args.volume_slices}
+        vol = run_worker({**task, "precision": precision, "backend": backend})
+        report["volume"] = {**vol, "path": f"{precision} {backend}", "shape": [512, 512, args.volume_slices]}
+        print(f"volume 512x512x{args.volume_slices} ({precision} {backend}) end to end: {vol}", flush=True)
+    if args.memory_slices and device == "cpu":
+        report["memory"] = {
+            norm: run_worker({"kind": "memory", "slices": args.memory_slices, "normalization": norm})
+            for norm in ("median", "zscore")
+        }
+        print(f"memory 512x512x{args.memory_slices} streamed (stand-in network): {report['memory']}", flush=True)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"bench_{device}{'_quick' if args.quick else ''}"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    plot(report, stem.with_suffix(".png"))
+    print(f"wrote {stem}.json and {stem}.png")
+    return 0
+
+
+def format_row(r: dict) -> str:
+    if "error" in r:
+        return f"{r['size']:>4}  {r['path']:<22} FAILED: {r['error']}"
+    pct = f"{r['pct_peak']:5.1f}%" if r.get("pct_peak") else "   n/a"
+    speed = f"x{r['speedup']:.2f}" if r.get("speedup") else "  n/a"
+    return (
+        f"{r['size']:>4}  {r['path']:<22} {r['seconds_per_slice']:8.3f} s/slice {r['slices_per_s']:7.2f} slices/s "
+        f"{r['gflops']:7.0f} GFLOP/s {pct} of peak {speed}  RSS {r['peak_rss_gb']:.2f} GB"
+    )
+
+
+def plot(report: dict, path: Path) -> None:
+    """Slices per second per path and size, labelled with % of the same-precision peak."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["rows"] if "slices_per_s" in r]
+    sizes = sorted({r["size"] for r in rows})
+    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4.5), squeeze=False)
+    for ax, size in zip(axes[0], sizes):
+        sel = [r for r in rows if r["size"] == size]
+        bars = ax.barh([r["path"] for r in sel], [r["slices_per_s"] for r in sel], color="tab:blue")
+        for bar, r in zip(bars, sel):
+            label = f" {r['pct_peak']:.0f}% peak" if r.get("pct_peak") else ""
+            ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, label, va="center", fontsize=8)
+        ax.set_title(f"DoubleU-Net {size}x{size} ({sel[0]['gflop_per_slice']:.0f} GFLOP/slice)")
+        ax.set_xlabel("slices / s")
+        ax.invert_yaxis()
+    fig.suptitle(f"{report['name']} - {report['date']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
