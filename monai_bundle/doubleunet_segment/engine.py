@@ -28,6 +28,7 @@ from .transforms import Normalize, ProbabilitiesToLabels
 # Skipping empty slices changes results wherever a model labels blank input as foreground (the
 # random-weight test models do, on the 34 zero slices of the MNI152 volume), so it is opt-in.
 SKIP_EMPTY_DEFAULT = False
+NEW_TENSOR_NORMALIZATIONS = ("median", "unit", "imagenet")
 CHANNEL_AGNOSTIC = ("median", "zscore", "unit")  # normalisations that treat repeated grey channels alike
 
 ProgressCallback = Callable[[int, int], None]
@@ -203,6 +204,10 @@ class Engine:
             return np.repeat(volume, 3, axis=0)  # grey shown to an RGB model as equal channels
         raise ValueError(f"model {self.spec.name!r} takes {self.spec.in_channels} channel(s), the input has {c}")
 
+    def _preprocessing_copies(self) -> bool:
+        """True for normalisations known to return a new tensor: no defensive copy of a 600-slice volume."""
+        return isinstance(self.preprocessing, Normalize) and self.preprocessing.method in NEW_TENSOR_NORMALIZATIONS
+
     def _batch(self, x: torch.Tensor, index: np.ndarray) -> torch.Tensor:
         """Slices ``index`` along the slice axis as a (1, C, X, Y, Z) network input, context added."""
         dim = self.inferer.slice_axis + 1
@@ -234,8 +239,8 @@ class Engine:
             if self.spec.out_channels > 1:
                 background[0] = 1.0  # softmax models: all probability on class 0
             emit(np.flatnonzero(empty), background)
-        if np.shares_memory(checked, volume):
-            checked = checked.copy()  # some normalisations work in place; the caller's volume stays as given
+        if np.shares_memory(checked, volume) and not self._preprocessing_copies():
+            checked = checked.copy()  # zscore (MONAI) works in place; the caller's volume stays as given
         x = self.preprocessing(checked)
         todo = np.flatnonzero(~empty)
         done = int(empty.sum())

@@ -76,11 +76,11 @@ def reduced_precisions(device: torch.device) -> list[str]:
 def default_batch_size(device: torch.device, slice_pixels: int = 256 * 256) -> int:
     """Slices per forward pass: enough to fill a GPU (about 8 GB of activations), few on CPU.
 
-    On CPU a DoubleU-Net slice already keeps every core busy, so larger batches only add memory
-    (measured by ``benchmarks/bench_inference.py``).
+    On CPU one 256x256 DoubleU-Net slice already keeps every core busy: batch 4 ran no faster than
+    batch 1 (``benchmarks/bench_inference.py``), so only small windows are batched there.
     """
     if device.type != "cuda":
-        return 4 if slice_pixels <= 256 * 256 else 2
+        return int(max(1, min(16, 2 * (256 * 256) // slice_pixels)))
     return int(max(1, min(64, 32 * (256 * 256) // slice_pixels)))
 
 
