@@ -1,0 +1,42 @@
+"""Normalisations and label conversions shared by training and inference."""
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from conftest import DATA, needs_data
+from doubleunet_segment.transforms import add_slice_context, normalize, probabilities_to_labels
+from monai.transforms import NormalizeIntensity
+
+
+@needs_data
+def test_zscore_equals_monai_nonzero_normalisation_and_leaves_input_alone():
+    path = DATA / "msd-hippocampus" / "imagesTr" / "hippocampus_001.nii.gz"
+    volume = np.asarray(nib.load(path).dataobj, dtype=np.float32)[None]
+    before = volume.copy()
+    ours = normalize(volume, "zscore")
+    np.testing.assert_array_equal(volume, before)
+    theirs = torch.as_tensor(NormalizeIntensity(nonzero=True)(torch.as_tensor(before))).float()
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_median_normalisation_is_the_papers():
+    img = np.array([[[10.0, 20.0, 30.0, 250.0]]], dtype=np.float32)
+    expected = np.clip(img - 20.0 + 127.0, 0, 255) / 255.0  # torch.median takes the lower middle value
+    np.testing.assert_allclose(normalize(img, "median").numpy(), expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="unknown normalisation"):
+        normalize(img, "minmax")
+
+
+def test_slice_context_stacks_neighbours_with_repeated_edges():
+    vol = torch.arange(4.0).view(1, 1, 1, 4)  # slice k holds the value k
+    ctx = add_slice_context(vol, axis=2, context=1)
+    assert ctx.shape == (3, 1, 1, 4)
+    assert ctx[:, 0, 0, 0].tolist() == [0, 0, 1] and ctx[:, 0, 0, 3].tolist() == [2, 3, 3]
+
+
+def test_probabilities_to_labels_threshold_and_argmax():
+    binary = torch.tensor([[[0.2, 0.5, 0.9]]])
+    assert probabilities_to_labels(binary, 0.5).tolist() == [[[0, 1, 1]]]
+    multi = torch.tensor([[[0.7, 0.1]], [[0.2, 0.3]], [[0.1, 0.6]]])
+    assert probabilities_to_labels(multi).tolist() == [[[0, 2]]]
