@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test bench export lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_inference.py
+
+# TorchScript export of the shipped polyp model (117 MB in float32, so built here rather than committed)
+export: $(STAMP)
+	cd monai_bundle && ../$(PY) -m monai.bundle ckpt_export network_def --filepath models/model.ts \
+		--ckpt_file models/model.pt --meta_file configs/metadata.json --config_file configs/inference.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check monai_bundle tests DoubleUNetSegment benchmarks
