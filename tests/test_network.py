@@ -72,6 +72,13 @@ def test_torchscript_matches_eager():
         assert torch.allclose(scripted(x), net(x), atol=1e-5)
 
 
+def test_untrained_encoder_keeps_the_signal_through_sixteen_convs():
+    torch.manual_seed(0)
+    with torch.no_grad():
+        bridge, skips = VGG19Encoder()(torch.rand(2, 3, 64, 64))
+    assert bridge.std() > 0.25 * skips[0].std()  # PyTorch's default init left about 0.07 of it
+
+
 def _torchvision_state(seed: int = 1) -> dict:
     """A state dict laid out as torchvision's vgg19 (features.N + a classifier to be ignored)."""
     g = torch.Generator().manual_seed(seed)

@@ -49,6 +49,11 @@ class VGG19Encoder(nn.Module):
                 in_ch = out_ch
             stages.append(nn.Sequential(*layers))
         self.stages = nn.ModuleList(stages)
+        for conv in self.conv_layers():
+            # torchvision's VGG initialisation: PyTorch's default shrinks the signal ~10x over these 16 plain
+            # ReLU convs (no BatchNorm), and a from-scratch polyp model then learned nothing in 2 epochs.
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         skips: list[torch.Tensor] = []
