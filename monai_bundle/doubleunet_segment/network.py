@@ -142,6 +142,8 @@ class DoubleUNet(nn.Module):
         in_channels: 1 (grey, repeated to VGG's three channels) or 3 (RGB, or three adjacent slices for 2.5D).
         out_channels: 1 for a binary mask (sigmoid), K >= 2 for K classes with background first (softmax).
         vgg_weights: optional path of a torchvision-format VGG19 state dict (``features.N.weight``) for encoder 1.
+        bn_momentum: BatchNorm running-statistics momentum (PyTorch convention). Keras' 0.99 is 0.01 here; a
+            short schedule wants 0.1, or the running statistics lag the weights and eval-mode output collapses.
 
     ``forward`` returns logits. In training mode it returns both stages concatenated along channels
     (``2 * out_channels``, the Keras model's layout) so a loss can supervise each; in eval mode only
@@ -153,7 +155,13 @@ class DoubleUNet(nn.Module):
         logits = net(torch.rand(1, 3, 250, 300))  # (1, 1, 250, 300)
     """
 
-    def __init__(self, in_channels: int = 3, out_channels: int = 1, vgg_weights: str | None = None) -> None:
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 1,
+        vgg_weights: str | None = None,
+        bn_momentum: float = BN_MOMENTUM,
+    ) -> None:
         super().__init__()
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
@@ -169,6 +177,9 @@ class DoubleUNet(nn.Module):
         self.aspp2 = ASPP(256)
         self.decoder2 = Decoder(64, [512 + 256, 256 + 128, 128 + 64, 64 + 32], [256, 128, 64, 32])
         self.head2 = nn.Conv2d(32, out_channels, 1)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = bn_momentum
         if vgg_weights:
             self.encoder1.load_torchvision_state_dict(vgg_weights)
 
