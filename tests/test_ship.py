@@ -26,3 +26,15 @@ def test_summary_groups_by_dataset_folder_and_class():
     assert summary["groups"]["kvasir-seg/Polyp"]["hd95"] == 4.0  # NaN (an empty mask) left out of the mean
     assert summary["groups"]["all/Polyp"]["cases"] == 3
     assert abs(summary["mean_dice"] - 2.3 / 3) < 1e-9
+
+
+def test_training_curves_plot_from_a_runs_metrics(tmp_path):
+    from PIL import Image
+
+    from doubleunet_segment.report import plot_training_curves
+
+    csv_path = tmp_path / "metrics.csv"
+    csv_path.write_text("epoch,train_loss,val_mean_dice,lr,seconds\n1,2.5,0.1,0.0003,10\n2,2.0,0.4,0.0003,10\n")
+    png = plot_training_curves(csv_path, tmp_path / "curves.png", "test")
+    with Image.open(png) as img:
+        assert img.width > 500 and img.height > 200

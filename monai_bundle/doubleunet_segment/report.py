@@ -36,13 +36,74 @@ def plot_training_curves(metrics_csv: str | Path, out_png: str | Path, title: st
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Plot a training run's loss and validation curves.")
-    parser.add_argument("metrics_csv")
-    parser.add_argument("-o", "--output", required=True)
-    parser.add_argument("--title", default="DoubleU-Net training")
+    parser = argparse.ArgumentParser(description="Model-card figures: training curves, validation overlays.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    curves = sub.add_parser("curves", help="loss and validation Dice per epoch of a run")
+    curves.add_argument("metrics_csv")
+    curves.add_argument("-o", "--output", required=True)
+    curves.add_argument("--title", default="DoubleU-Net training")
+    overlays = sub.add_parser("overlays", help="prediction beside ground truth on validation cases")
+    overlays.add_argument("model")
+    overlays.add_argument("-o", "--output", required=True)
+    overlays.add_argument(
+        "--samples", type=Path, default=Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    )
+    overlays.add_argument("--count", type=int, default=4)
     args = parser.parse_args(argv)
-    print(plot_training_curves(args.metrics_csv, args.output, args.title))
+    if args.command == "curves":
+        print(plot_training_curves(args.metrics_csv, args.output, args.title))
+    else:
+        print(validation_figure(args.model, args.samples, Path(args.output), args.count))
 
 
 if __name__ == "__main__":
     main()
+
+
+def validation_figure(name: str, samples: Path, out_png: Path, count: int = 4) -> Path:
+    """Prediction next to ground truth on validation cases of a shipped model, for the model card.
+
+    Polyp: rows of frame | prediction | ground truth (Kvasir-SEG and CVC-ClinicDB alternating).
+    Hippocampus: for each case, three orthogonal views of the prediction above those of the ground truth.
+    """
+    import json
+
+    import numpy as np
+
+    from .cases import read_image_2d, read_volume_file
+    from .engine import Engine
+    from .models import BUNDLE_ROOT, read_catalog
+    from .overlay import blend, orthogonal_views, save_png
+
+    spec = read_catalog()[name]
+    segs = spec.segment_infos()
+    engine = Engine(spec, device="auto")
+    datalist = json.loads((BUNDLE_ROOT / "configs" / f"datalist_{name}.json").read_text())["validation"]
+    rows = []
+    if name == "polyp":
+        from PIL import Image
+
+        picks = [d for d in datalist if d["dataset"] == "kvasir-seg"][: count // 2]
+        picks += [d for d in datalist if d["dataset"] == "cvc-clinicdb"][: count - len(picks)]
+        for item in picks:
+            image = read_image_2d(samples / item["image"]).array
+            pred = engine.segment(image).labels[:, :, 0]
+            truth = (np.asarray(Image.open(samples / item["label"]).convert("L")) > 127).T.astype(np.uint8)
+            tiles = [blend(image[..., 0], np.zeros_like(pred), segs), blend(image[..., 0], pred, segs)]
+            tiles.append(blend(image[..., 0], truth, segs))
+            tiles = [np.asarray(Image.fromarray(t).resize((320, 256))) for t in tiles]
+            rows.append(np.concatenate([np.pad(t, ((2, 2), (2, 2), (0, 0)), constant_values=255) for t in tiles], 1))
+    else:
+        import nibabel as nib
+
+        for item in datalist[:count]:
+            volume = read_volume_file(samples / item["image"])
+            pred = engine.segment(volume.array).labels
+            truth = np.asarray(nib.load(samples / item["label"]).dataobj).astype(np.uint8)
+            top, bottom = orthogonal_views(volume.array, pred, segs), orthogonal_views(volume.array, truth, segs)
+            width = max(top.shape[1], bottom.shape[1])
+            pair = [np.pad(v, ((2, 2), (0, width - v.shape[1]), (0, 0)), constant_values=255) for v in (top, bottom)]
+            rows.append(np.concatenate(pair, axis=0))
+        width = max(r.shape[1] for r in rows)
+        rows = [np.pad(r, ((0, 6), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    return save_png(np.concatenate(rows, axis=0), Path(out_png), overwrite=True)
