@@ -56,8 +56,6 @@ def main(argv: list[str] | None = None) -> None:
         print(validation_figure(args.model, args.samples, Path(args.output), args.count))
 
 
-if __name__ == "__main__":
-    main()
 
 
 def validation_figure(name: str, samples: Path, out_png: Path, count: int = 4) -> Path:
@@ -107,3 +105,7 @@ def validation_figure(name: str, samples: Path, out_png: Path, count: int = 4) -
         width = max(r.shape[1] for r in rows)
         rows = [np.pad(r, ((0, 6), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
     return save_png(np.concatenate(rows, axis=0), Path(out_png), overwrite=True)
+
+
+if __name__ == "__main__":
+    main()
