@@ -28,7 +28,11 @@ FIGURES = ("dice", "iou", "precision", "recall", "hd95", "volume_diff_ml")
 
 
 def half_precision(src: Path, dst: Path) -> Path:
-    state = {k: v.half() if v.is_floating_point() else v for k, v in load_state(src).items()}
+    """Weights in float16; BatchNorm running statistics stay float32 (variances overflow float16's 65504)."""
+    state = {
+        k: v.half() if v.is_floating_point() and not k.endswith(("running_mean", "running_var")) else v
+        for k, v in load_state(src).items()
+    }
     torch.save(state, dst)
     return dst
 
