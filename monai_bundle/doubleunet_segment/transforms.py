@@ -84,15 +84,13 @@ class Normalized(MapTransform):
 
     def __init__(self, keys: Sequence[Hashable], method: str, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
-        if method not in NORMALIZATIONS:
-            raise ValueError(f"unknown normalisation {method!r}; choose one of {NORMALIZATIONS}")
-        self.method = method
+        self.normalize = Normalize(method)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
             img = d[key]
-            out = normalize(img, self.method)
+            out = self.normalize(img)
             if hasattr(img, "copy_meta_from"):
                 img = img.clone().float()
                 img.data = out  # keep affine and filename for the savers downstream
