@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 from conftest import DATA, REPO, needs_data
 from doubleunet_segment.cases import read_image_2d, read_volume_file
+from doubleunet_segment.cli import main
 from doubleunet_segment.engine import Engine
 from doubleunet_segment.evaluation import case_metrics
 from doubleunet_segment.models import read_catalog
 from PIL import Image
+from scipy import ndimage
 
 CATALOG = read_catalog()
 DATALISTS = REPO / "monai_bundle" / "configs"
@@ -60,6 +62,19 @@ def test_hippocampus_model_on_validation_volumes():
         truth = np.asarray(nib.load(item["label"]).dataobj).astype(np.uint8)
         assert seg.labels.shape == truth.shape == volume.array.shape[1:]
         assert set(np.unique(seg.labels)) == {0, 1, 2}
+        assert [ndimage.label(seg.labels == v, np.ones((3, 3, 3)))[1] for v in (1, 2)] == [1, 1]  # catalog: LCC on
         for value, name in names.items():
             dice = case_metrics(seg.labels == value, truth == value)["dice"]
             assert dice >= HIPPO_DICE_FLOOR[name], (item["image"].name, name, dice)
+
+
+def test_cli_switch_keeps_every_piece(tmp_path):
+    item = validation("hippocampus", 1)[0]  # the model leaves a second anterior piece on this case
+    counts = {}
+    for switch in ("--largest-component", "--no-largest-component"):
+        out = tmp_path / switch
+        args = [str(item["image"]), "-o", str(out), "--model", "hippocampus", "--format", "nifti", "--progress", "none"]
+        assert main([*args, switch]) == 0
+        labels = np.asarray(nib.load(next(out.rglob("*.nii.gz"))).dataobj)
+        counts[switch] = ndimage.label(labels == 1, np.ones((3, 3, 3)))[1]
+    assert counts == {"--largest-component": 1, "--no-largest-component": 2}

@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import DATA, needs_data
-from doubleunet_segment.transforms import add_slice_context, normalize, probabilities_to_labels
+from doubleunet_segment.transforms import (
+    add_slice_context,
+    keep_largest_components,
+    normalize,
+    probabilities_to_labels,
+)
 from monai.transforms import NormalizeIntensity
 
 
@@ -40,3 +45,16 @@ def test_probabilities_to_labels_threshold_and_argmax():
     assert probabilities_to_labels(binary, 0.5).tolist() == [[[0, 1, 1]]]
     multi = torch.tensor([[[0.7, 0.1]], [[0.2, 0.3]], [[0.1, 0.6]]])
     assert probabilities_to_labels(multi).tolist() == [[[0, 2]]]
+
+
+def test_largest_component_per_class_drops_islands_only():
+    labels = np.zeros((12, 12, 6), dtype=np.uint8)
+    labels[1:5, 1:5, 1:4] = 1  # anterior: the big piece
+    labels[9, 9, 4] = 1  # anterior: a one-voxel island
+    labels[5:8, 1:5, 1:4] = 2  # posterior, touching anterior: one piece of its own class
+    labels[10:12, 0:2, 0:2] = 2  # posterior island, smaller
+    kept = keep_largest_components(labels, classes=2)
+    assert kept.dtype == np.uint8 and kept.shape == labels.shape
+    assert kept[9, 9, 4] == 0 and not kept[10:12, 0:2, 0:2].any()
+    np.testing.assert_array_equal(kept[labels != 0][kept[labels != 0] != 0], labels[kept != 0])
+    assert (kept == 1).sum() == 48 and (kept == 2).sum() == 36

@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threshold", type=float, default=None, help="foreground probability cut for binary models")
     p.add_argument("--tta", action="store_true", help="test-time augmentation with flips (3x slower)")
+    p.add_argument(
+        "--largest-component",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep only each structure's largest connected piece (default: the model's own; hippocampus on)",
+    )
     p.add_argument("--batch-size", type=int, default=None, help="slices per forward pass (default: per device)")
     p.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto: bf16/fp16 if it keeps fp32 masks")
     p.add_argument("--backend", default="auto", choices=BACKENDS, help="auto: ONNX Runtime for fp32 if faster")
@@ -326,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         spec = resolve_model(args.model)
         if args.threshold is not None:
             spec.threshold = args.threshold
+        if args.largest_component is not None:
+            spec.largest_component = args.largest_component
         engine = Engine(
             spec,
             device=local_device(args.device, rank),

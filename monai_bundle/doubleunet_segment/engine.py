@@ -23,7 +23,7 @@ from . import fastpath
 from .inferer import DoubleUNetInferer
 from .models import ModelSpec, load_model
 from .network import DoubleUNet
-from .transforms import Normalize, ProbabilitiesToLabels
+from .transforms import Normalize, ProbabilitiesToLabels, keep_largest_components
 
 # Skipping empty slices changes results wherever a model labels blank input as foreground (the
 # random-weight test models do, on the 34 zero slices of the MNI152 volume), so it is opt-in.
@@ -307,7 +307,8 @@ class Engine:
         self, volume: np.ndarray, progress: ProgressCallback | None = None, keep_probabilities: bool = True
     ) -> Segmentation:
         """Probabilities (if kept) and labels; labels are made per batch, so without probabilities a
-        512x512x600 volume needs only its own memory plus a uint8 label map."""
+        512x512x600 volume needs only its own memory plus a uint8 label map. A model whose spec says
+        ``largest_component`` gets its labels (not its probabilities) cut to one piece per class."""
         axis = self.inferer.slice_axis
         shape = volume.shape[1:]
         labels = np.zeros(shape, dtype=np.uint8)
@@ -321,4 +322,6 @@ class Engine:
                 self._put(probs, axis, index, values)
 
         skipped = self._stream(volume, emit, progress)
+        if self.spec.largest_component:
+            labels = keep_largest_components(labels, max(1, self.spec.out_channels - 1))
         return Segmentation(probs, labels, str(self.device), self.device_reason, skipped, list(self.notes))

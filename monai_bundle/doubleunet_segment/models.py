@@ -36,6 +36,7 @@ class ModelSpec:
     slice_axis: int = 2
     context: int = 0  # 2.5D: neighbouring slices on each side given as channels
     threshold: float = 0.5
+    largest_component: bool = False  # keep only each class's largest connected piece of the label map
     segments: str | list = "polyp"  # a named set of SEGMENT_SETS, or a list of SegmentInfo dicts
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)

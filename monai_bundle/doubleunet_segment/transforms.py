@@ -9,7 +9,7 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
-from monai.transforms import MapTransform
+from monai.transforms import KeepLargestConnectedComponent, MapTransform
 
 NORMALIZATIONS = ("median", "zscore", "imagenet", "unit")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -135,6 +135,16 @@ class ProbabilitiesToLabelsd(MapTransform):
                 labels = (labels == k).to(torch.uint8)
             d[key] = labels.float()
         return d
+
+
+def keep_largest_components(labels: np.ndarray, classes: int) -> np.ndarray:
+    """Each label value 1..classes keeps only its largest connected piece (26-connected in 3D).
+
+    A structure that is one piece in the anatomy (a hippocampus part) loses the stray islands a
+    slice-by-slice model leaves; on the hippocampus validation split this raised Dice and cut HD95.
+    """
+    keep = KeepLargestConnectedComponent(applied_labels=list(range(1, classes + 1)), independent=True)
+    return np.asarray(keep(torch.as_tensor(labels[None]))[0], dtype=labels.dtype)
 
 
 def add_slice_context(volume: torch.Tensor, axis: int, context: int) -> torch.Tensor:
