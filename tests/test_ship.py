@@ -30,9 +30,8 @@ def test_summary_groups_by_dataset_folder_and_class():
 
 
 def test_training_curves_plot_from_a_runs_metrics(tmp_path):
-    from PIL import Image
-
     from doubleunet_segment.report import plot_training_curves
+    from PIL import Image
 
     csv_path = tmp_path / "metrics.csv"
     csv_path.write_text("epoch,train_loss,val_mean_dice,lr,seconds\n1,2.5,0.1,0.0003,10\n2,2.0,0.4,0.0003,10\n")
