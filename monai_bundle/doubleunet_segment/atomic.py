@@ -21,9 +21,7 @@ def refuse_overwrite(path: str | os.PathLike, overwrite: bool) -> None:
     """Raise FileExistsError when ``path`` exists and overwriting was not asked for."""
     path = Path(path)
     if not overwrite and (path.exists() or path.is_symlink()):
-        raise FileExistsError(
-            f"{path} already exists; refusing to overwrite it (pass overwrite=True to replace it)"
-        )
+        raise FileExistsError(f"{path} already exists; refusing to overwrite it (pass overwrite=True to replace it)")
 
 
 def _temp_suffix(path: Path) -> str:
@@ -83,8 +81,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool 
     return Path(path)
 
 
-def atomic_write_text(
-    path: str | os.PathLike, text: str, *, overwrite: bool = False, encoding: str = "utf-8"
-) -> Path:
+def atomic_write_text(path: str | os.PathLike, text: str, *, overwrite: bool = False, encoding: str = "utf-8") -> Path:
     """Write ``text`` to ``path`` atomically and return the path."""
     return atomic_write_bytes(path, text.encode(encoding), overwrite=overwrite)

@@ -327,9 +327,7 @@ def _check_uniform_layout(datasets: list[Dataset], files: list[Path]) -> None:
     for ds, path in zip(datasets, files):
         layouts[(int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel", 1)))].append(path)
     if len(layouts) > 1:
-        detail = "; ".join(
-            f"{r}x{c}x{s} (rows x columns x samples): {_names(p)}" for (r, c, s), p in layouts.items()
-        )
+        detail = "; ".join(f"{r}x{c}x{s} (rows x columns x samples): {_names(p)}" for (r, c, s), p in layouts.items())
         raise DicomSeriesError(f"mixed image sizes in one series: {detail}")
 
 
@@ -357,9 +355,7 @@ def _check_geometry_present(frames: list[_Frame]) -> bool:
         return True
     if any(located):
         missing = [f.path for f, ok in zip(frames, located) if not ok]
-        raise DicomSeriesError(
-            f"some instances lack ImagePositionPatient/ImageOrientationPatient: {_names(missing)}"
-        )
+        raise DicomSeriesError(f"some instances lack ImagePositionPatient/ImageOrientationPatient: {_names(missing)}")
     return False
 
 
@@ -379,9 +375,7 @@ def _sort_by_position(frames: list[_Frame], normal: np.ndarray) -> tuple[list[_F
         pairs = [f"{frames[i].path} and {frames[i + 1].path}" for i in duplicate[:5]]
         raise DicomSeriesError(f"duplicate slice positions (same ImagePositionPatient): {'; '.join(pairs)}")
     offsets = positions - positions[0] - np.outer(distances - distances[0], normal)
-    sheared = np.flatnonzero(
-        np.linalg.norm(offsets, axis=1) > POSITION_TOLERANCE_MM + SPACING_TOLERANCE * gaps.mean()
-    )
+    sheared = np.flatnonzero(np.linalg.norm(offsets, axis=1) > POSITION_TOLERANCE_MM + SPACING_TOLERANCE * gaps.mean())
     if sheared.size:
         raise DicomSeriesError(
             "slice positions do not lie along the slice normal (gantry tilt or mixed stacks), not supported: "
@@ -442,11 +436,7 @@ def _decode(ds: Dataset, path: Path) -> np.ndarray:
 def _invert_monochrome1(pixels: np.ndarray, ds: Dataset) -> np.ndarray:
     """Make higher values brighter, as SimpleITK/GDCM do: stored values mirrored within their range."""
     bits = int(ds.get("BitsStored", 8 * pixels.dtype.itemsize))
-    low, high = (
-        (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
-        if int(ds.get("PixelRepresentation", 0))
-        else (0, 2**bits - 1)
-    )
+    low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if int(ds.get("PixelRepresentation", 0)) else (0, 2**bits - 1)
     return (low + high) - pixels.astype(np.int64)
 
 
@@ -507,9 +497,7 @@ def _geometry(frames: list[_Frame], first: Dataset, warnings: list[str]) -> tupl
         frames, dz = _sort_by_position(frames, normal)
         return frames, _located_affine(frames, orientation, spacing, dz or _fallback_slice_spacing(first))
     frames = sorted(frames, key=lambda f: (f.instance_number, f.dataset_index, f.frame))
-    warnings.append(
-        "no ImagePositionPatient/ImageOrientationPatient: identity orientation at the origin assumed"
-    )
+    warnings.append("no ImagePositionPatient/ImageOrientationPatient: identity orientation at the origin assumed")
     return frames, _unlocated_affine(spacing, _fallback_slice_spacing(first))
 
 

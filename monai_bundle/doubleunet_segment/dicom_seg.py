@@ -76,9 +76,7 @@ def _normalised_copy(ds: Dataset) -> Dataset:
 
 def _check_label_map(series: DicomSeries, label_map: np.ndarray, segments: list[SegmentInfo]) -> np.ndarray:
     if label_map.shape != series.array.shape[1:]:
-        raise ValueError(
-            f"label map shape {label_map.shape} does not match the series grid {series.array.shape[1:]}"
-        )
+        raise ValueError(f"label map shape {label_map.shape} does not match the series grid {series.array.shape[1:]}")
     if not (np.issubdtype(label_map.dtype, np.integer) or label_map.dtype == bool):
         raise ValueError(f"label map must hold integers, got {label_map.dtype}")
     known = {s.value for s in segments}
@@ -151,9 +149,7 @@ def write_dicom_seg(
             source_images=sources,
             pixel_array=pixels,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=[
-                _description(n, info, algorithm) for n, info in enumerate(described, start=1)
-            ],
+            segment_descriptions=[_description(n, info, algorithm) for n, info in enumerate(described, start=1)],
             series_instance_uid=hd.UID(),
             series_number=_series_number(series),
             sop_instance_uid=hd.UID(),
@@ -207,9 +203,7 @@ def _seg_planes(seg: hd.seg.Segmentation, series: DicomSeries) -> np.ndarray:
     SEGs from other tools (dcmqi) often omit SpatialLocationsPreserved; only an explicit NO is refused.
     """
     if _locations_not_preserved(seg):
-        raise ValueError(
-            "the SEG frames were resampled from their sources and cannot be mapped onto the series"
-        )
+        raise ValueError("the SEG frames were resampled from their sources and cannot be mapped onto the series")
     options = {
         "combine_segments": True,
         "assert_missing_frames_are_empty": True,

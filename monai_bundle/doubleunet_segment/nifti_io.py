@@ -44,9 +44,7 @@ def _check_affine(affine: np.ndarray) -> np.ndarray:
     return affine
 
 
-def write_nifti(
-    array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, *, overwrite: bool = False
-) -> Path:
+def write_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write an (X, Y, Z) label map or a (C, X, Y, Z) volume to ``path`` (.nii or .nii.gz) atomically.
 
     C = 1 is written as a 3D image, C > 1 as 4D with the channel last (X, Y, Z, C), which MONAI and nibabel

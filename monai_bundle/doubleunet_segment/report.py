@@ -56,8 +56,6 @@ def main(argv: list[str] | None = None) -> None:
         print(validation_figure(args.model, args.samples, Path(args.output), args.count))
 
 
-
-
 def validation_figure(name: str, samples: Path, out_png: Path, count: int = 4) -> Path:
     """Prediction next to ground truth on validation cases of a shipped model, for the model card.
 
