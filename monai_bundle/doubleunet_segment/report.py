@@ -1,4 +1,4 @@
-"""Figures for the model card: training curves from a run's ``metrics.csv``."""
+"""Figures for the model card: training curves from a run's ``metrics.csv``, runs side by side, overlays."""
 
 from __future__ import annotations
 
@@ -35,6 +35,25 @@ def plot_training_curves(metrics_csv: str | Path, out_png: str | Path, title: st
     return Path(out_png)
 
 
+def plot_run_comparison(runs: dict[str, str | Path], out_png: str | Path, title: str) -> Path:
+    """Validation Dice per epoch of several runs on one axis (an ablation: slice axes, resolutions)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for label, metrics_csv in runs.items():
+        rows = list(csv.DictReader(Path(metrics_csv).open()))
+        if not rows:
+            raise ValueError(f"{metrics_csv} holds no epochs")
+        metric = [k for k in rows[0] if k.startswith("val_")][0]
+        dice = [float(r[metric]) for r in rows]
+        ax.plot([int(r["epoch"]) for r in rows], dice, marker="o", label=f"{label} (best {max(dice):.3f})")
+    ax.set(xlabel="epoch", ylabel="validation mean Dice", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return Path(out_png)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Model-card figures: training curves, validation overlays.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -42,6 +61,10 @@ def main(argv: list[str] | None = None) -> None:
     curves.add_argument("metrics_csv")
     curves.add_argument("-o", "--output", required=True)
     curves.add_argument("--title", default="DoubleU-Net training")
+    compare = sub.add_parser("compare", help="validation Dice per epoch of several runs, e.g. slice axes")
+    compare.add_argument("runs", nargs="+", metavar="LABEL=METRICS_CSV")
+    compare.add_argument("-o", "--output", required=True)
+    compare.add_argument("--title", default="DoubleU-Net runs compared")
     overlays = sub.add_parser("overlays", help="prediction beside ground truth on validation cases")
     overlays.add_argument("model")
     overlays.add_argument("-o", "--output", required=True)
@@ -52,6 +75,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "curves":
         print(plot_training_curves(args.metrics_csv, args.output, args.title))
+    elif args.command == "compare":
+        if not all("=" in run for run in args.runs):
+            parser.error("each run is LABEL=METRICS_CSV, e.g. 'axis 0=runs/axes/axis0/metrics.csv'")
+        print(plot_run_comparison(dict(run.split("=", 1) for run in args.runs), args.output, args.title))
     else:
         print(validation_figure(args.model, args.samples, Path(args.output), args.count))
 
