@@ -289,21 +289,21 @@ def segment_inputs(
     """Segment every case of ``inputs`` into ``output``; the bundle's inference config calls this."""
     check_output_location(Path(output), inputs)
     cases, notes = discover(inputs)
-    return segment_cases(cases, notes, output, engine, formats, overwrite, save_probabilities, progress)
+    options = argparse.Namespace(
+        output=Path(output),
+        format=formats,
+        overwrite=overwrite,
+        save_probabilities=save_probabilities,
+        progress=progress,
+    )
+    return segment_cases(cases, notes, engine, options)
 
 
-def segment_cases(
-    cases: list[Case],
-    notes: list[str],
-    output: str | Path,
-    engine: Engine,
-    formats: str | None = None,
-    overwrite: bool = False,
-    save_probabilities: bool = False,
-    progress: str = "bar",
-) -> list[CaseResult]:
-    options = argparse.Namespace(output=Path(output), overwrite=overwrite, save_probabilities=save_probabilities)
-    chosen = parse_formats(formats)
+def segment_cases(cases: list[Case], notes: list[str], engine: Engine, options: argparse.Namespace) -> list[CaseResult]:
+    """Segment ``cases``; ``options`` carries the command line's output, format, overwrite,
+    save_probabilities and progress."""
+    progress = options.progress
+    chosen = parse_formats(options.format)
     reporter = Reporter(progress, len(cases))
     reporter.event(event="device", device=str(engine.device), reason=engine.device_reason)
     reporter.event(event="note", message=f"fast path: {engine.path_reason}")
@@ -346,8 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         parser.exit(2, f"doubleunet-segment: error: {err}\n")
-    opts = (args.format, args.overwrite, args.save_probabilities, args.progress)
-    results = segment_cases(cases, notes, args.output, engine, *opts)
+    results = segment_cases(cases, notes, engine, args)
     return 0 if all(r.ok for r in results) else 1
 
 
