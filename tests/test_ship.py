@@ -56,3 +56,44 @@ def test_run_comparison_plot_names_each_run_and_refuses_bad_arguments(tmp_path, 
     with pytest.raises(SystemExit):
         main(["compare", str(tmp_path / "axis0.csv"), "-o", str(tmp_path / "x.png")])
     assert "LABEL=METRICS_CSV" in capsys.readouterr().err
+
+
+def test_candidate_is_evaluated_at_its_own_geometry_and_the_shipped_at_the_catalogs(tmp_path):
+    import json
+    import shutil
+
+    from doubleunet_segment.models import BUNDLE_ROOT, read_catalog
+    from doubleunet_segment.ship import (
+        CONFIGS,
+        candidate_geometry,
+        evaluation_overrides,
+        parse_overrides,
+        shipped_geometry,
+        update_catalog_geometry,
+    )
+
+    assert parse_overrides(["--image_size", "[48,48]", "--datalist", "auto"]) == {
+        "image_size": [48, 48],
+        "datalist": "auto",
+    }
+    with pytest.raises(ValueError, match="--key value"):
+        parse_overrides(["--slice_axis"])
+    polyp = [str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")]
+    assert candidate_geometry(polyp, []) == {"image_size": [128, 128]}  # 2D: no slice axis to record
+    hippo = [str(CONFIGS / "train.json"), str(CONFIGS / "hippocampus.json"), str(CONFIGS / "evaluate.json")]
+    overrides = ["--slice_axis", "1", "--image_size", "[48,48]", "--num_workers", "0"]
+    geometry = candidate_geometry(hippo, overrides)
+    assert geometry == {"slice_axis": 1, "image_size": [48, 48]}
+
+    spec = read_catalog()["hippocampus"]
+    current = shipped_geometry(spec, geometry)
+    assert current == {"slice_axis": spec.slice_axis, "image_size": list(spec.roi_size)}
+    evaluated = parse_overrides(evaluation_overrides(overrides, current, spec))
+    assert evaluated == {"num_workers": 0, "largest_component": True, **current}
+
+    models = tmp_path / "models"
+    shutil.copytree(BUNDLE_ROOT / "models", models, ignore=shutil.ignore_patterns("*.pt", "*.ts"))
+    update_catalog_geometry(models, "hippocampus", geometry)
+    written = json.loads((models / "catalog.json").read_text())["models"]
+    assert written["hippocampus"]["slice_axis"] == 1 and written["hippocampus"]["roi_size"] == [48, 48]
+    assert written["polyp"] == json.loads((BUNDLE_ROOT / "models" / "catalog.json").read_text())["models"]["polyp"]

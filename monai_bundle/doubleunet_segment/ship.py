@@ -2,13 +2,16 @@
 
 The candidate is stored in half precision (58.6 MB instead of 117 MB) only if its validation Dice equals
 the float32 model's to three decimals; it replaces ``models/<weights>`` only if its mean validation Dice is
-higher than the shipped model's. Figures (overall and per dataset folder) go to ``models/<name>.metrics.json``
-for the model card.
+higher than the shipped model's. Each model is evaluated the way it runs: at its own slice axis and size (the
+shipped one from the catalog, the candidate from the configs and overrides), with the catalog's post-processing.
+Shipping writes the candidate's slice axis and size into the catalog and its figures (overall and per dataset
+folder) to ``models/<name>.metrics.json`` for the model card.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import csv
 import json
 import subprocess
@@ -19,12 +22,63 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.bundle import ConfigParser
 
 from .atomic import atomic_path, atomic_write_text
-from .models import BUNDLE_ROOT, load_state, read_catalog
+from .models import BUNDLE_ROOT, CATALOG_NAME, ModelSpec, load_state, read_catalog
 
 CONFIGS = BUNDLE_ROOT / "configs"
 FIGURES = ("dice", "iou", "precision", "recall", "hd95", "volume_diff_ml")
+GEOMETRY = {"slice_axis": "slice_axis", "image_size": "roi_size"}  # config key -> catalog key
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """``["--image_size", "[64,48]", "--num_workers", "0"]`` -> ``{"image_size": [64, 48], "num_workers": 0}``."""
+    if len(overrides) % 2 or not all(o.startswith("--") for o in overrides[::2]):
+        raise ValueError(f"overrides must be --key value pairs, got {overrides}")
+    values = {}
+    for key, text in zip(overrides[::2], overrides[1::2]):
+        try:
+            values[key[2:]] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            values[key[2:]] = text
+    return values
+
+
+def candidate_geometry(configs: list[str], overrides: list[str]) -> dict:
+    """The slice axis and image size the candidate was trained with (those the configs define): overrides over
+    the configs."""
+    parser = ConfigParser()
+    parser.read_config(configs)
+    merged = {k: parser.get(k) for k in GEOMETRY if parser.get(k) is not None}
+    merged.update({k: v for k, v in parse_overrides(overrides).items() if k in GEOMETRY})
+    return merged
+
+
+def shipped_geometry(spec: ModelSpec, keys: dict) -> dict:
+    """The catalog's slice axis and size for ``spec``, under the config keys present in ``keys``."""
+    values = {"slice_axis": spec.slice_axis, "image_size": list(spec.roi_size)}
+    return {k: values[k] for k in keys}
+
+
+def as_overrides(values: dict) -> list[str]:
+    """Back to command-line form; Python literals, as the bundle runner (fire) parses them."""
+    return [part for key, value in values.items() for part in (f"--{key}", repr(value))]
+
+
+def evaluation_overrides(overrides: list[str], geometry: dict, spec: ModelSpec) -> list[str]:
+    """The user's overrides with ``geometry`` in place of theirs, plus the catalog's post-processing."""
+    kept = {k: v for k, v in parse_overrides(overrides).items() if k not in GEOMETRY}
+    if spec.largest_component:
+        kept["largest_component"] = True
+    return as_overrides({**kept, **geometry})
+
+
+def update_catalog_geometry(models_dir: Path, name: str, geometry: dict) -> None:
+    path = models_dir / CATALOG_NAME
+    catalog = json.loads(path.read_text())
+    catalog["models"][name].update({GEOMETRY[k]: v for k, v in geometry.items()})
+    atomic_write_text(path, json.dumps(catalog, indent=2) + "\n", overwrite=True)
 
 
 def half_precision(src: Path, dst: Path) -> Path:
@@ -76,25 +130,29 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [o for o in args.overrides if o != "--"]
     configs = [str(CONFIGS / "train.json"), *args.config, str(CONFIGS / "evaluate.json")]
     spec = read_catalog()[args.name]
+    geometry = candidate_geometry(configs, overrides)
     best = args.run / "models" / "model.pt"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         half = half_precision(best, tmp / "half.pt")
-        full_fig = evaluate(configs, best, tmp / "fp32", overrides)
-        half_fig = evaluate(configs, half, tmp / "fp16", overrides)
-        print(f"candidate: mean Dice fp32 {full_fig['mean_dice']:.4f}, fp16 {half_fig['mean_dice']:.4f}")
+        candidate = evaluation_overrides(overrides, geometry, spec)
+        full_fig = evaluate(configs, best, tmp / "fp32", candidate)
+        half_fig = evaluate(configs, half, tmp / "fp16", candidate)
+        print(f"candidate {geometry}: mean Dice fp32 {full_fig['mean_dice']:.4f}, fp16 {half_fig['mean_dice']:.4f}")
         if round(full_fig["mean_dice"], 3) != round(half_fig["mean_dice"], 3):
             print("half precision changes the Dice at 3 decimals: not shipped")
             return 1
         if spec.weights.is_file():
-            shipped = evaluate(configs, spec.weights, tmp / "shipped", overrides)
-            print(f"shipped: mean Dice {shipped['mean_dice']:.4f}")
+            current = shipped_geometry(spec, geometry)
+            shipped = evaluate(configs, spec.weights, tmp / "shipped", evaluation_overrides(overrides, current, spec))
+            print(f"shipped {current}: mean Dice {shipped['mean_dice']:.4f}")
             if shipped["mean_dice"] >= half_fig["mean_dice"]:
                 print("the shipped model is as good or better: kept")
                 return 1
         with atomic_path(spec.weights, overwrite=True) as target:
             target.write_bytes(half.read_bytes())
-    record = {"source_run": str(args.run), "overrides": overrides, "fp32_mean_dice": full_fig["mean_dice"], **half_fig}
+    update_catalog_geometry(spec.weights.parent, args.name, geometry)
+    record = {"source_run": str(args.run), "overrides": candidate, "fp32_mean_dice": full_fig["mean_dice"], **half_fig}
     metrics = spec.weights.with_name(f"{args.name}.metrics.json")
     atomic_write_text(metrics, json.dumps(record, indent=1) + "\n", overwrite=True)
     print(f"shipped {spec.weights} ({spec.weights.stat().st_size / 1e6:.1f} MB); figures in {metrics}")
