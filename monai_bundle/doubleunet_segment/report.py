@@ -44,7 +44,12 @@ def plot_run_comparison(runs: dict[str, str | Path], out_png: str | Path, title:
             raise ValueError(f"{metrics_csv} holds no epochs")
         metric = [k for k in rows[0] if k.startswith("val_")][0]
         dice = [float(r[metric]) for r in rows]
-        ax.plot([int(r["epoch"]) for r in rows], dice, marker="o", label=f"{label} (best {max(dice):.3f})")
+        ax.plot(
+            [int(r["epoch"]) for r in rows],
+            dice,
+            marker="o",
+            label=f"{label}: best {max(dice):.3f} in {len(dice)} epochs",
+        )
     ax.set(xlabel="epoch", ylabel="validation mean Dice", title=title)
     ax.grid(alpha=0.3)
     ax.legend()
