@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def plot_training_curves(metrics_csv: str | Path, out_png: str | Path, title: str) -> Path:
@@ -51,8 +52,9 @@ def plot_run_comparison(runs: dict[str, str | Path], out_png: str | Path, title:
             label=f"{label}: best {max(dice):.3f} in {len(dice)} epochs",
         )
     ax.set(xlabel="epoch", ylabel="validation mean Dice", title=title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
