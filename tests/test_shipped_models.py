@@ -23,7 +23,8 @@ from scipy import ndimage
 CATALOG = read_catalog()
 DATALISTS = REPO / "monai_bundle" / "configs"
 POLYP_DICE_FLOOR = 0.38  # measured 0.433 on these six frames, 0.457 on all 161
-HIPPO_DICE_FLOOR = {"Anterior hippocampus": 0.85, "Posterior hippocampus": 0.80}  # measured 0.876/0.837 and 0.915/0.900
+# measured on the two cases: anterior 0.906 and 0.899, posterior 0.889 and 0.896 (0.886 / 0.885 on all 42)
+HIPPO_DICE_FLOOR = {"Anterior hippocampus": 0.87, "Posterior hippocampus": 0.86}
 
 pytestmark = needs_data
 
@@ -69,12 +70,14 @@ def test_hippocampus_model_on_validation_volumes():
 
 
 def test_cli_switch_keeps_every_piece(tmp_path):
-    item = validation("hippocampus", 1)[0]  # the model leaves a second anterior piece on this case
+    # on this validation case the shipped model leaves islands (posterior in 3 pieces) that the default removes
+    item = next(d for d in validation("hippocampus", 42) if d["image"].name == "hippocampus_037.nii.gz")
     counts = {}
     for switch in ("--largest-component", "--no-largest-component"):
         out = tmp_path / switch
         args = [str(item["image"]), "-o", str(out), "--model", "hippocampus", "--format", "nifti", "--progress", "none"]
         assert main([*args, switch]) == 0
         labels = np.asarray(nib.load(next(out.rglob("*.nii.gz"))).dataobj)
-        counts[switch] = ndimage.label(labels == 1, np.ones((3, 3, 3)))[1]
-    assert counts == {"--largest-component": 1, "--no-largest-component": 2}
+        counts[switch] = [ndimage.label(labels == v, np.ones((3, 3, 3)))[1] for v in (1, 2)]
+    assert counts["--largest-component"] == [1, 1]
+    assert sum(counts["--no-largest-component"]) > 2
