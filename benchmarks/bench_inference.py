@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     for size in sizes:
         flops = run_worker({"kind": "flops", "size": size})["flops"]
         batched = default_batch_size(torch.device(device), size * size)
-        plan = [(path, 1) for path in paths] + [(best_reduced, batched)]
+        plan = [(path, 1) for path in paths] + ([(best_reduced, batched)] if batched > 1 else [])
         base = None
         for path, batch in plan:
             task = {"kind": "path", "device": device, "path": path, "size": size, "batch": batch}
