@@ -107,6 +107,7 @@ def test_panel_command_runs_the_real_cli_and_its_result_imports(model: Path, sla
     labels = np.asarray(labelmap.dataobj)
     probabilities = nib.load(result.probabilities).get_fdata(dtype=np.float32)
     assert probabilities.shape == (*source.shape, 3)
+    assert not result.largest_component  # this model's spec leaves every piece
     assert np.array_equal(labels_from_probabilities(probabilities, 0.5), labels)  # the slider's 0.5 = engine
     assert result.voxels == {s.name: int((labels == s.value).sum()) for s in HIPPOCAMPUS_SEGMENTS}
 
@@ -119,6 +120,23 @@ def test_panel_command_runs_the_real_cli_and_its_result_imports(model: Path, sla
         assert header[f"Segment{i}_Tags"] == f"TerminologyEntry:{spec.terminology}|"
     plan = plan_import(result.segments, ["Anterior hippocampus"], result.voxels, keep_empty=True)
     assert [i.name for i in plan.items] == ["Anterior hippocampus 2", "Posterior hippocampus"]
+
+
+def test_shipped_hippocampus_result_rethresholds_to_its_one_piece_labels(tmp_path: Path) -> None:
+    case = Path("/work/shared/data/msd-hippocampus/imagesTr/hippocampus_037.nii.gz")  # islands without the rule
+    if not (find_bundle_root(ROOT / "DoubleUNetSegment") / "models" / "hippocampus.pt").is_file():
+        pytest.fail("the shipped hippocampus weights are missing")
+    options = EngineOptions(model="hippocampus", device="cpu", save_probabilities=True)
+    proc = EngineProcess(cli_command(sys.executable, case, tmp_path / "out", options), env=env())
+    state = RunState()
+    run_to_end(proc, state)
+    assert proc.returncode == 0, proc.stderr_text()
+    result = read_result(Path(state.outputs["segments"]).parent)
+    assert result.largest_component
+    labels = np.asarray(nib.load(result.labelmap).dataobj)
+    probabilities = nib.load(result.probabilities).get_fdata(dtype=np.float32)
+    assert np.array_equal(labels_from_probabilities(probabilities, 0.5, result.largest_component), labels)
+    assert not np.array_equal(labels_from_probabilities(probabilities, 0.5), labels)
 
 
 def test_engine_errors_reach_the_user(slab: Path, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "DoubleUNetSegment"))
 
 from doubleunet_segment.models import read_catalog  # noqa: E402
-from doubleunet_segment.transforms import ProbabilitiesToLabels  # noqa: E402
+from doubleunet_segment.transforms import ProbabilitiesToLabels, keep_largest_components  # noqa: E402
 from DoubleUNetSegmentLib import bundle, requirements, segment_import, workspace  # noqa: E402
 from DoubleUNetSegmentLib.events import RunState, failure_message, parse_line  # noqa: E402
 from DoubleUNetSegmentLib.process import EngineProcess, kill_process_tree  # noqa: E402
@@ -162,6 +162,24 @@ def test_bundle_is_found_from_the_module_folder_and_lists_the_catalog(tmp_path: 
     weights.write_bytes(b"")
     assert bundle.custom_model_entry(weights).available
     assert not bundle.custom_model_entry(tmp_path).available  # a folder without a catalog
+
+
+def test_rethreshold_keeps_the_largest_pieces_exactly_as_the_engine() -> None:
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(3, 12, 10, 8)).astype(np.float32)
+    logits[1, 2:7, 2:7, 2:6] += 3  # one big anterior piece among noise islands
+    logits[2, 7:11, 3:8, 2:6] += 3
+    multi = torch.softmax(torch.from_numpy(logits), 0).numpy()
+    as_stored = np.moveaxis(multi, 0, -1)
+    plain = segment_import.labels_from_probabilities(as_stored, 0.5)
+    kept = segment_import.labels_from_probabilities(as_stored, 0.5, largest_component=True)
+    assert np.array_equal(kept, keep_largest_components(ProbabilitiesToLabels(0.5)(multi), classes=2))
+    assert (kept > 0).sum() < (plain > 0).sum() and set(np.unique(kept)) == {0, 1, 2}
+    binary = multi[1]
+    assert np.array_equal(
+        segment_import.labels_from_probabilities(binary, 0.4, largest_component=True),
+        keep_largest_components((binary >= 0.4).astype(np.uint8), classes=1),
+    )
 
 
 def test_requirements_are_pinned_as_in_pyproject_and_cover_the_engine() -> None:

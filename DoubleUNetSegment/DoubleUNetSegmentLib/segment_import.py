@@ -48,6 +48,7 @@ class EngineResult:
     device: str = ""
     device_reason: str = ""
     threshold: float | None = None
+    largest_component: bool = False  # the engine kept one piece per structure; re-thresholding must too
     voxels: dict[str, int] = field(default_factory=dict)
 
 
@@ -92,6 +93,7 @@ def read_result(folder: str | Path) -> EngineResult:
         device=str(info.get("device", "")),
         device_reason=str(info.get("device_reason", "")),
         threshold=info.get("threshold"),
+        largest_component=bool(info.get("largest_component", False)),
         voxels={str(k): int(v) for k, v in info.get("voxels", {}).items()},
     )
 
@@ -143,23 +145,41 @@ def plan_import(
     return ImportPlan(items, into_segment, skipped)
 
 
-def labels_from_probabilities(probabilities: np.ndarray, threshold: float) -> np.ndarray:
+def labels_from_probabilities(
+    probabilities: np.ndarray, threshold: float, largest_component: bool = False
+) -> np.ndarray:
     """Label map (I, J, K) from the engine's probabilities.nii.gz data, as the engine itself makes it.
 
     A binary model's file is (I, J, K): foreground where p >= threshold. A C-class model's is (I, J, K, C):
     argmax with the background weighted by t / (1 - t), so 0.5 gives the engine's plain argmax and, with
     two classes, the rule is exactly "foreground where p >= t": one slider works for both kinds of model.
+    ``largest_component`` (the result's flag) keeps each label's largest 26-connected piece, as the engine does.
     """
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must lie between 0 and 1, got {threshold}")
     p = np.asarray(probabilities, dtype=np.float32)
     if p.ndim == 3:
-        return (p >= threshold).astype(np.uint8)
-    if p.ndim != 4:
+        labels = (p >= threshold).astype(np.uint8)
+    elif p.ndim == 4:
+        weighted = p.copy()
+        weighted[..., 0] *= threshold / (1.0 - threshold)
+        labels = weighted.argmax(axis=-1).astype(np.uint8)
+    else:
         raise ValueError(f"expected (I, J, K) or (I, J, K, C) probabilities, got shape {p.shape}")
-    weighted = p.copy()
-    weighted[..., 0] *= threshold / (1.0 - threshold)
-    return weighted.argmax(axis=-1).astype(np.uint8)
+    return keep_largest_pieces(labels) if largest_component else labels
+
+
+def keep_largest_pieces(labels: np.ndarray) -> np.ndarray:
+    """Each non-zero label keeps only its largest 26-connected piece (scipy here: Slicer's process has no torch)."""
+    from scipy import ndimage
+
+    out = labels.copy()
+    for value in np.unique(labels[labels > 0]):
+        pieces, count = ndimage.label(labels == value, structure=np.ones((3, 3, 3)))
+        if count > 1:
+            largest = np.bincount(pieces.ravel())[1:].argmax() + 1
+            out[(pieces > 0) & (pieces != largest)] = 0
+    return out
 
 
 def to_kji(array_ijk: np.ndarray) -> np.ndarray:

@@ -475,7 +475,8 @@ Undo takes it back. The first use may offer to install PyTorch and MONAI into Sl
 
     def previewLabels(self) -> np.ndarray:
         """Labels (I, J, K) of the kept probabilities at the slider's threshold, ROI applied."""
-        labels = labels_from_probabilities(self.previewProbabilities, float(self.thresholdSlider.value))
+        threshold = float(self.thresholdSlider.value)
+        labels = labels_from_probabilities(self.previewProbabilities, threshold, self.previewResult.largest_component)
         if self.previewBox is not None:
             offset = [0, 0, 0]
             slices = self.previewRequest["slices"]

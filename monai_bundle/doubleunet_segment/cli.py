@@ -212,6 +212,7 @@ def write_outputs(
         "device": seg.device,
         "device_reason": seg.device_reason,
         "threshold": spec.threshold if spec.out_channels > 1 else None,
+        "largest_component": spec.largest_component,
         "shape": list(seg.labels.shape),
         "segments": [s.to_dict() for s in segments],
         "voxels": {s.name: int((seg.labels == s.value).sum()) for s in segments},
