@@ -97,3 +97,11 @@ def test_candidate_is_evaluated_at_its_own_geometry_and_the_shipped_at_the_catal
     written = json.loads((models / "catalog.json").read_text())["models"]
     assert written["hippocampus"]["slice_axis"] == 1 and written["hippocampus"]["roi_size"] == [48, 48]
     assert written["polyp"] == json.loads((BUNDLE_ROOT / "models" / "catalog.json").read_text())["models"]["polyp"]
+
+
+def test_ship_refuses_malformed_overrides_with_a_usage_error(tmp_path, capsys):
+    from doubleunet_segment.ship import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--name", "polyp", str(tmp_path), "--", "--image_size"])
+    assert exit_info.value.code == 2 and "--key value pairs" in capsys.readouterr().err

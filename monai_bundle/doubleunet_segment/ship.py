@@ -130,7 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [o for o in args.overrides if o != "--"]
     configs = [str(CONFIGS / "train.json"), *args.config, str(CONFIGS / "evaluate.json")]
     spec = read_catalog()[args.name]
-    geometry = candidate_geometry(configs, overrides)
+    try:
+        geometry = candidate_geometry(configs, overrides)
+    except ValueError as err:
+        parser.error(str(err))
     best = args.run / "models" / "model.pt"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
