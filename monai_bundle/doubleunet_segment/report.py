@@ -13,12 +13,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
-def plot_training_curves(metrics_csv: str | Path, out_png: str | Path, title: str) -> Path:
-    """Training loss and validation Dice per epoch, side by side."""
+def read_epochs(metrics_csv: str | Path) -> tuple[list[dict], str]:
+    """A run's ``metrics.csv`` rows and the name of its validation metric column."""
     rows = list(csv.DictReader(Path(metrics_csv).open()))
     if not rows:
         raise ValueError(f"{metrics_csv} holds no epochs")
-    metric = [k for k in rows[0] if k.startswith("val_")][0]
+    return rows, [k for k in rows[0] if k.startswith("val_")][0]
+
+
+def plot_training_curves(metrics_csv: str | Path, out_png: str | Path, title: str) -> Path:
+    """Training loss and validation Dice per epoch, side by side."""
+    rows, metric = read_epochs(metrics_csv)
     epochs = [int(r["epoch"]) for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
     ax1.plot(epochs, [float(r["train_loss"]) for r in rows], marker="o")
@@ -40,10 +45,7 @@ def plot_run_comparison(runs: dict[str, str | Path], out_png: str | Path, title:
     """Validation Dice per epoch of several runs on one axis (an ablation: slice axes, resolutions)."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for label, metrics_csv in runs.items():
-        rows = list(csv.DictReader(Path(metrics_csv).open()))
-        if not rows:
-            raise ValueError(f"{metrics_csv} holds no epochs")
-        metric = [k for k in rows[0] if k.startswith("val_")][0]
+        rows, metric = read_epochs(metrics_csv)
         dice = [float(r[metric]) for r in rows]
         ax.plot(
             [int(r["epoch"]) for r in rows],
