@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import DATA, REPO, needs_data
 
@@ -101,6 +102,35 @@ def test_training_runs_and_resumes_after_a_stop(tmp_path):
     assert (out / "models" / "checkpoint_epoch=2.pt").is_file()
     assert not (out / "models" / "checkpoint_epoch=1.pt").exists()
     assert any((out / "tensorboard").iterdir())
+
+
+@needs_data
+def test_training_can_start_from_trained_weights(tmp_path, polyp_model):
+    # With a learning rate of 0 a run keeps the weights it started from. The start file's kernels are
+    # scaled away from the seeded initialisation the run would otherwise build (batch norm follows
+    # every convolution, so the outputs stay finite), so a run that ignored it cannot pass.
+    start = {k: v * 0.9 if v.dim() == 4 else v for k, v in torch.load(polyp_model, weights_only=True).items()}
+    weights = tmp_path / "trained.pt"
+    torch.save(start, weights)
+    out = tmp_path / "finetune"
+    train = ["run", "training", "--config_file", str(CONFIGS / "train.json"), *TINY, "--output_dir", str(out)]
+    train += ["--learning_rate", "0", "--init_weights", str(weights)]
+    proc = bundle(*train, "--epochs", "1", cwd=tmp_path)
+    assert f"starting from the weights in {weights}" in proc.stdout
+    saved = torch.load(out / "models" / "checkpoint_epoch=1.pt", weights_only=True)["network"]
+    convs = [k for k, v in start.items() if v.dim() == 4]
+    assert len(convs) > 30 and all(torch.equal(saved[k].float(), start[k].float()) for k in convs)
+    again = bundle(*train, "--epochs", "2", cwd=tmp_path)
+    assert "resuming from " + str(out / "models" / "checkpoint_epoch=1.pt") in again.stdout
+    assert "starting from the weights" not in again.stdout
+
+
+def test_starting_weights_that_do_not_fit_name_the_file(tmp_path, hippo_model):
+    from doubleunet_segment.network import DoubleUNet
+    from doubleunet_segment.training import start_from_weights
+
+    with pytest.raises(ValueError, match="hippo_test"):
+        start_from_weights(DoubleUNet(3, 1), hippo_model, tmp_path)
 
 
 @needs_data

@@ -43,6 +43,23 @@ def attach_checkpoints(trainer: Engine, ckpt_dir: str | Path, objects: dict) -> 
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: prune_checkpoints(ckpt_dir))
 
 
+def start_from_weights(network: torch.nn.Module, weights: str | Path | None, ckpt_dir: str | Path) -> None:
+    """Fine-tune: start a new run from trained weights (e.g. the shipped model) instead of from scratch.
+
+    A run that already has a checkpoint resumes from it instead, so a killed fine-tune does not
+    restart from the original weights.
+    """
+    if not weights or latest_checkpoint(ckpt_dir) is not None:
+        return
+    from doubleunet_segment.models import load_state
+
+    try:
+        getattr(network, "module", network).load_state_dict(load_state(Path(weights)))  # DDP wraps it
+    except RuntimeError as err:
+        raise ValueError(f"--init_weights {weights} does not fit this network: {err}") from err
+    print(f"starting from the weights in {weights}")
+
+
 def prune_checkpoints(ckpt_dir: str | Path) -> None:
     """Keep only the newest per-epoch checkpoint (deleted only once a newer one is complete)."""
     newest = latest_checkpoint(ckpt_dir)
