@@ -24,10 +24,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_inference.py
 
-# TorchScript export of the shipped polyp model (117 MB in float32, so built here rather than committed)
+# TorchScript export of the shipped polyp model (models/model.ts, float16 weights like model.pt; load it with
+# torch.jit.load(path).float()). `python -m doubleunet_segment.ship` refreshes it when new weights ship.
 export: $(STAMP)
-	cd monai_bundle && ../$(PY) -m monai.bundle ckpt_export network_def --filepath models/model.ts \
-		--ckpt_file models/model.pt --meta_file configs/metadata.json --config_file configs/inference.json
+	$(PY) -m doubleunet_segment.torchscript_export --model polyp
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check monai_bundle tests DoubleUNetSegment benchmarks

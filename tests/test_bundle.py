@@ -87,6 +87,36 @@ def test_ckpt_export_torchscript_matches_eager(tmp_path, polyp_model):
         assert (scripted(x) - eager.eval()(x)).abs().max() <= 1e-5
 
 
+def test_shipped_torchscript_is_the_shipped_model():
+    # `make export` after new weights ship; a stale export disagrees with model.pt here.
+    from doubleunet_segment.models import load_weights
+    from doubleunet_segment.network import DoubleUNet
+
+    models = REPO / "monai_bundle" / "models"
+    extra = {"metadata.json": "", "inference.json": ""}
+    scripted = torch.jit.load(str(models / "model.ts"), _extra_files=extra)
+    assert {p.dtype for p in scripted.parameters()} == {torch.float16}  # under GitHub's 100 MB file limit
+    meta = json.loads(extra["metadata.json"])
+    assert meta["version"] == json.loads((CONFIGS / "metadata.json").read_text())["version"]
+    eager = load_weights(DoubleUNet(3, 1), models / "model.pt")
+    x = torch.rand(1, 3, 64, 80)
+    with torch.no_grad():
+        assert (scripted.float()(x) - eager(x)).abs().max() <= 1e-5
+
+
+def test_torchscript_export_of_another_shipped_model(tmp_path):
+    from doubleunet_segment.models import load_model, read_catalog
+    from doubleunet_segment.torchscript_export import main
+
+    assert main(["--model", "hippocampus", "-o", str(tmp_path / "hippo.ts")]) == 0
+    scripted = torch.jit.load(str(tmp_path / "hippo.ts")).float()
+    eager = load_model(read_catalog()["hippocampus"])
+    x = torch.rand(2, 1, 48, 48)
+    with torch.no_grad():
+        assert (scripted(x) - eager(x)).abs().max() <= 1e-5
+    assert [p.name for p in tmp_path.iterdir()] == ["hippo.ts"]  # no temporary file left behind
+
+
 @needs_data
 def test_training_runs_and_resumes_after_a_stop(tmp_path):
     out = tmp_path / "run"

@@ -128,3 +128,20 @@ def load_weights(net: DoubleUNet, path: str | Path) -> DoubleUNet:
 def load_model(spec: ModelSpec, device: torch.device | str = "cpu") -> DoubleUNet:
     """The spec's network with its trained weights, in eval mode; a mismatch names the file."""
     return load_weights(build_network(spec), spec.weights).to(device)
+
+
+def stored_in_float16(key: str, value: torch.Tensor) -> bool:
+    """Shipped files keep weights in float16; BatchNorm running statistics stay float32 (variances overflow 65504)."""
+    return value.is_floating_point() and not key.endswith(("running_mean", "running_var"))
+
+
+def half_storage(net: torch.nn.Module) -> torch.nn.Module:
+    """``net`` storing its tensors as the shipped ``model.pt`` does, for an export of the same size.
+
+    Call ``.float()`` on it (or on its TorchScript export) before running it: float16 compute on a CPU is
+    slow and overflows.
+    """
+    for key, tensor in [*net.named_parameters(), *net.named_buffers()]:
+        if stored_in_float16(key, tensor):
+            tensor.data = tensor.data.half()
+    return net

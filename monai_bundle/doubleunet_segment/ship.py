@@ -5,7 +5,8 @@ the float32 model's to three decimals; it replaces ``models/<weights>`` only if 
 higher than the shipped model's. Each model is evaluated the way it runs: at its own slice axis and size (the
 shipped one from the catalog, the candidate from the configs and overrides), with the catalog's post-processing.
 Shipping writes the candidate's slice axis and size into the catalog and its figures (overall and per dataset
-folder) to ``models/<name>.metrics.json`` for the model card.
+folder) to ``models/<name>.metrics.json`` for the model card. Shipping the default model also refreshes its
+TorchScript export (``models/model.ts``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,16 @@ import torch
 from monai.bundle import ConfigParser
 
 from .atomic import atomic_path, atomic_write_text
-from .models import BUNDLE_ROOT, CATALOG_NAME, ModelSpec, load_state, read_catalog
+from .models import (
+    BUNDLE_ROOT,
+    CATALOG_NAME,
+    ModelSpec,
+    default_model_name,
+    load_state,
+    read_catalog,
+    stored_in_float16,
+)
+from .torchscript_export import export_torchscript
 
 CONFIGS = BUNDLE_ROOT / "configs"
 FIGURES = ("dice", "iou", "precision", "recall", "hd95", "volume_diff_ml")
@@ -82,11 +92,7 @@ def update_catalog_geometry(models_dir: Path, name: str, geometry: dict) -> None
 
 
 def half_precision(src: Path, dst: Path) -> Path:
-    """Weights in float16; BatchNorm running statistics stay float32 (variances overflow float16's 65504)."""
-    state = {
-        k: v.half() if v.is_floating_point() and not k.endswith(("running_mean", "running_var")) else v
-        for k, v in load_state(src).items()
-    }
+    state = {k: v.half() if stored_in_float16(k, v) else v for k, v in load_state(src).items()}
     torch.save(state, dst)
     return dst
 
@@ -159,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     metrics = spec.weights.with_name(f"{args.name}.metrics.json")
     atomic_write_text(metrics, json.dumps(record, indent=1) + "\n", overwrite=True)
     print(f"shipped {spec.weights} ({spec.weights.stat().st_size / 1e6:.1f} MB); figures in {metrics}")
+    if args.name == default_model_name():
+        print(f"TorchScript export refreshed: {export_torchscript(args.name)}")
     return 0
 
 
