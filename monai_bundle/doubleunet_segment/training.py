@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from ignite.engine import Engine, Events
 
+from .models import load_weights
+
 CHECKPOINT_PATTERN = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
 
 
@@ -51,12 +53,7 @@ def start_from_weights(network: torch.nn.Module, weights: str | Path | None, ckp
     """
     if not weights or latest_checkpoint(ckpt_dir) is not None:
         return
-    from doubleunet_segment.models import load_state
-
-    try:
-        getattr(network, "module", network).load_state_dict(load_state(Path(weights)))  # DDP wraps it
-    except RuntimeError as err:
-        raise ValueError(f"--init_weights {weights} does not fit this network: {err}") from err
+    load_weights(getattr(network, "module", network), weights).train()  # DDP wraps it; a mismatch names the file
     print(f"starting from the weights in {weights}")
 
 
