@@ -38,11 +38,11 @@ def export_torchscript(name: str, target: Path | None = None) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", default=default_model_name(), help="shipped model name in models/catalog.json")
+    parser.add_argument(
+        "--model", default=default_model_name(), choices=sorted(read_catalog()), help="shipped model to export"
+    )
     parser.add_argument("-o", "--output", type=Path, help="where to write it (default: beside the weights, .ts)")
     args = parser.parse_args(argv)
-    if args.model not in read_catalog():
-        parser.error(f"no shipped model {args.model!r}; choose one of {sorted(read_catalog())}")
     print(f"exported {export_torchscript(args.model, args.output)}")
     return 0
 
