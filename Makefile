@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m doubleunet_segment.demo
+	$(PY) -m doubleunet_segment.release.demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -25,9 +25,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_inference.py
 
 # TorchScript export of the shipped polyp model (models/model.ts, float16 weights like model.pt; load it with
-# torch.jit.load(path).float()). `python -m doubleunet_segment.ship` refreshes it when new weights ship.
+# torch.jit.load(path).float()). `python -m doubleunet_segment.release.ship` refreshes it when new weights ship.
 export: $(STAMP)
-	$(PY) -m doubleunet_segment.torchscript_export --model polyp
+	$(PY) -m doubleunet_segment.release.torchscript_export --model polyp
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check monai_bundle tests DoubleUNetSegment benchmarks

@@ -541,7 +541,7 @@ def makeTestModel(folder: Path) -> str:
     )
     logic = DoubleUNetSegmentLogic()
     code = (
-        "import torch; from doubleunet_segment.network import DoubleUNet; torch.manual_seed(0); "
+        "import torch; from doubleunet_segment.networks.doubleunet import DoubleUNet; torch.manual_seed(0); "
         f"torch.save(DoubleUNet(in_channels=1, out_channels=3).state_dict(), {str(weights)!r})"
     )
     subprocess.run([logic.pythonExecutable(), "-c", code], env=logic.engineEnvironment(), check=True)

@@ -10,7 +10,7 @@ One run measures and prints a table, and writes it as JSON plus a bar chart (PNG
    the baseline, peak resident memory;
 3. end to end: a real volume (brain1 MR) resampled to 512x512xN, read, segmented and written through
    the ``doubleunet-segment`` command line, with a model that sees whole 512x512 slices;
-4. memory: a 512x512x600 volume streamed through the engine (stand-in network), peak resident memory.
+4. memory: a 512x512x600 volume streamed through the predictor (stand-in network), peak resident memory.
 
 Each measurement runs in its own process, so its peak memory is its own. Timings are the best of
 ``--repeats`` after a warm-up. Usage: ``python benchmarks/bench_inference.py [--quick] [--device cuda]``.
@@ -88,8 +88,8 @@ def measure_peak(device: str, precision: str, repeats: int) -> dict:
 def build_network(channels: int = 3):
     """The shipped polyp weights if present, else a seeded random DoubleU-Net (timing ignores weights)."""
     import torch
-    from doubleunet_segment.models import load_weights
-    from doubleunet_segment.network import DoubleUNet
+    from doubleunet_segment.networks.doubleunet import DoubleUNet
+    from doubleunet_segment.networks.weights import load_weights
 
     torch.manual_seed(0)
     net = DoubleUNet(in_channels=channels, out_channels=1)
@@ -116,7 +116,7 @@ def measure_path(device: str, path: str, size: int, batch: int, repeats: int) ->
     net = build_network().to(device)
     x = torch.rand(batch, 3, size, size, device=device)
     if path == "onnx_fp32":
-        from doubleunet_segment.onnx_export import OnnxNetwork, export_onnx
+        from doubleunet_segment.inference.onnx_runtime import OnnxNetwork, export_onnx
 
         with tempfile.TemporaryDirectory() as tmp:
             model = OnnxNetwork(export_onnx(net.cpu(), Path(tmp) / "m.onnx"), device)
@@ -148,7 +148,7 @@ def measure_volume(device: str, slices: int, precision: str, backend: str) -> di
     import torch
     import torch.nn.functional as F
     from doubleunet_segment.cli import main
-    from doubleunet_segment.network import DoubleUNet
+    from doubleunet_segment.networks.doubleunet import DoubleUNet
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-volume-"))
     os.environ["DOUBLEUNET_CACHE"] = str(tmp / "cache")
@@ -174,18 +174,18 @@ def measure_volume(device: str, slices: int, precision: str, backend: str) -> di
 
 
 def measure_memory(slices: int, normalization: str) -> dict:
-    """Peak memory of streaming a 512x512xN volume through the engine with a 1x1-conv stand-in network."""
+    """Peak memory of streaming a 512x512xN volume through the predictor with a 1x1-conv stand-in network."""
     import numpy as np
     import torch
-    from doubleunet_segment.engine import Engine
-    from doubleunet_segment.models import ModelSpec
+    from doubleunet_segment.catalog import ModelSpec
+    from doubleunet_segment.inference.predictor import Predictor
 
     spec = ModelSpec(name="stand-in", weights=Path("none"), in_channels=3, normalization=normalization)
     spec.roi_size = (512, 512)
-    engine = Engine(spec, "cpu", network=torch.nn.Conv2d(3, 1, 1), precision="fp32", backend="torch")
+    predictor = Predictor(spec, "cpu", network=torch.nn.Conv2d(3, 1, 1), precision="fp32", backend="torch")
     volume = np.random.default_rng(0).integers(0, 255, (1, 512, 512, slices)).astype(np.float32)
     start = time.perf_counter()
-    seg = engine.segment(volume, keep_probabilities=False)
+    seg = predictor.segment(volume, keep_probabilities=False)
     return {"seconds": time.perf_counter() - start, "peak_rss_gb": peak_rss_gb(), "labels": list(seg.labels.shape)}
 
 
@@ -213,7 +213,7 @@ def worker_main(task: dict) -> None:
 
 def device_info(device: str) -> dict:
     import torch
-    from doubleunet_segment.inferer import cpu_supports_bf16
+    from doubleunet_segment.inference.inferer import cpu_supports_bf16
 
     info = {"device": device, "torch": torch.__version__, "python": platform.python_version()}
     if device == "cuda":
@@ -229,7 +229,7 @@ def device_info(device: str) -> dict:
 
 
 def paths_for(device: str, reduced: list[str]) -> list[str]:
-    from doubleunet_segment.onnx_export import onnxruntime_providers
+    from doubleunet_segment.inference.onnx_runtime import onnxruntime_providers
 
     paths = ["eager_fp32", "cl_fp32"] + [f"cl_{p}" for p in reduced]
     wanted = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         worker_main(json.loads(args.worker))
         return 0
     import torch
-    from doubleunet_segment.fastpath import default_batch_size
+    from doubleunet_segment.inference.batching import default_batch_size
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if args.quick:

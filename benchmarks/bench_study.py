@@ -21,9 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from dicom_synth import SynthSeries, write_series  # noqa: E402
-from doubleunet_segment.cli import segment_inputs  # noqa: E402
-from doubleunet_segment.engine import Engine  # noqa: E402
-from doubleunet_segment.models import read_catalog  # noqa: E402
+from doubleunet_segment.catalog import read_catalog  # noqa: E402
+from doubleunet_segment.inference.predictor import Predictor  # noqa: E402
+from doubleunet_segment.inference.runner import segment_inputs  # noqa: E402
 
 
 def mni_study(folder: Path, samples: Path, slices: int) -> Path:
@@ -45,12 +45,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         study = mni_study(Path(tmp) / "study", args.samples, args.slices)
         for name in args.models.split(","):
-            engine = Engine(read_catalog()[name], device="auto")
+            predictor = Predictor(read_catalog()[name], device="auto")
             start = time.perf_counter()
-            (result,) = segment_inputs([str(study)], Path(tmp) / name, engine, "nifti,dicom-seg", progress="none")
+            (result,) = segment_inputs([str(study)], Path(tmp) / name, predictor, "nifti,dicom-seg", progress="none")
             total = time.perf_counter() - start
             rows.append({"model": name, "slices": result.slices, "seconds": round(total, 1), "ok": result.ok})
-            print(f"{name}: {result.slices} slices in {total:.1f} s ({engine.device_reason})")
+            print(f"{name}: {result.slices} slices in {total:.1f} s ({predictor.device_reason})")
     print(json.dumps(rows, indent=1))
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from doubleunet_segment.network import DoubleUNet
+from doubleunet_segment.networks.doubleunet import DoubleUNet
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("DOUBLEUNET_SAMPLES", REPO.parent / "shared" / "data"))

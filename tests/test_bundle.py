@@ -77,7 +77,7 @@ def test_ckpt_export_torchscript_matches_eager(tmp_path, polyp_model):
         str(CONFIGS / "inference.json"),
         cwd=tmp_path,
     )
-    from doubleunet_segment.network import DoubleUNet
+    from doubleunet_segment.networks.doubleunet import DoubleUNet
 
     eager = DoubleUNet(3, 1)
     eager.load_state_dict(torch.load(polyp_model, weights_only=True))
@@ -89,7 +89,7 @@ def test_ckpt_export_torchscript_matches_eager(tmp_path, polyp_model):
 
 def test_shipped_torchscript_is_the_shipped_model():
     # `ship` (or `make export`) refreshes it; a stale export disagrees with model.pt here.
-    from doubleunet_segment.models import load_model, read_catalog
+    from doubleunet_segment.catalog import load_model, read_catalog
 
     models = REPO / "monai_bundle" / "models"
     extra = {"metadata.json": "", "inference.json": ""}
@@ -106,8 +106,8 @@ def test_shipped_torchscript_is_the_shipped_model():
 
 
 def test_torchscript_export_of_another_shipped_model(tmp_path):
-    from doubleunet_segment.models import load_model, read_catalog
-    from doubleunet_segment.torchscript_export import main
+    from doubleunet_segment.catalog import load_model, read_catalog
+    from doubleunet_segment.release.torchscript_export import main
 
     assert main(["--model", "hippocampus", "-o", str(tmp_path / "hippo.ts")]) == 0
     scripted = torch.jit.load(str(tmp_path / "hippo.ts")).float()
@@ -157,8 +157,8 @@ def test_training_can_start_from_trained_weights(tmp_path, polyp_model):
 
 
 def test_starting_weights_that_do_not_fit_name_the_file(tmp_path, hippo_model):
-    from doubleunet_segment.network import DoubleUNet
-    from doubleunet_segment.training import start_from_weights
+    from doubleunet_segment.networks.doubleunet import DoubleUNet
+    from doubleunet_segment.training.handlers import start_from_weights
 
     with pytest.raises(ValueError, match="hippo_test"):
         start_from_weights(DoubleUNet(3, 1), hippo_model, tmp_path)

@@ -12,13 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from doubleunet_segment.dicom_io import (
-    DicomSeriesError,
-    SeriesRef,
-    find_dicom_series,
-    load_series,
-    lps_to_ras,
-)
+from doubleunet_segment.data.dicom_io import DicomSeriesError, SeriesRef, find_dicom_series, load_series, lps_to_ras
 from pydicom.data import get_testdata_file
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -14,8 +14,8 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from doubleunet_segment.dicom_io import DicomSeries, find_dicom_series, load_series, lps_to_ras
-from doubleunet_segment.dicom_seg import EmptySegmentationError, read_dicom_seg, write_dicom_seg
+from doubleunet_segment.data.dicom_io import DicomSeries, find_dicom_series, load_series, lps_to_ras
+from doubleunet_segment.data.dicom_seg import EmptySegmentationError, read_dicom_seg, write_dicom_seg
 from doubleunet_segment.segments import HIPPOCAMPUS_SEGMENTS, POLYP_SEGMENTS, SegmentInfo
 from pydicom.data import get_testdata_file
 

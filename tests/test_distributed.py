@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import DATA, REPO, needs_data
-from doubleunet_segment.distributed import shard_of
+from doubleunet_segment.inference.sharding import shard_of
 
 pytestmark = needs_data
 BUNDLE = REPO / "monai_bundle"

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from doubleunet_segment.keras_port import load_keras_weights
-from doubleunet_segment.network import DoubleUNet
+from doubleunet_segment.networks.doubleunet import DoubleUNet
+from doubleunet_segment.networks.keras_weights import load_keras_weights
 
 FIXTURE = Path(os.environ.get("KERAS_PARITY_FIXTURE", Path(__file__).parents[1] / ".." / "shared" / "keras-parity"))
 

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from doubleunet_segment.network import DoubleUNet
-from doubleunet_segment.vgg19 import TORCHVISION_INDEX, VGG19Encoder
+from doubleunet_segment.networks.doubleunet import DoubleUNet
+from doubleunet_segment.networks.vgg19 import TORCHVISION_INDEX, VGG19Encoder
 
 
 def test_learnable_parameters_match_keras_original():

@@ -12,9 +12,9 @@ import nrrd
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from doubleunet_segment.atomic import atomic_path, atomic_write_text, refuse_overwrite
-from doubleunet_segment.dicom_io import DicomSeries, load_series
-from doubleunet_segment.nifti_io import read_nifti, write_nifti, write_seg_nrrd
+from doubleunet_segment.data.atomic import atomic_path, atomic_write_text, refuse_overwrite
+from doubleunet_segment.data.dicom_io import DicomSeries, load_series
+from doubleunet_segment.data.nifti_io import read_nifti, write_nifti, write_seg_nrrd
 from doubleunet_segment.segments import HIPPOCAMPUS_SEGMENTS, POLYP_SEGMENTS, SegmentInfo
 from pydicom.sr.codedict import codes
 

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from doubleunet_segment.ship import half_precision, summarise
+from doubleunet_segment.release.ship import half_precision, summarise
 
 
 def test_half_precision_copy_loads_back_close_to_the_original(tmp_path, polyp_model):
@@ -31,7 +31,7 @@ def test_summary_groups_by_dataset_folder_and_class():
 
 
 def test_training_curves_plot_from_a_runs_metrics(tmp_path):
-    from doubleunet_segment.report import plot_training_curves
+    from doubleunet_segment.release.figures import plot_training_curves
     from PIL import Image
 
     csv_path = tmp_path / "metrics.csv"
@@ -42,7 +42,7 @@ def test_training_curves_plot_from_a_runs_metrics(tmp_path):
 
 
 def test_run_comparison_plot_names_each_run_and_refuses_bad_arguments(tmp_path, capsys):
-    from doubleunet_segment.report import main
+    from doubleunet_segment.release.figures import main
     from PIL import Image
 
     runs = []
@@ -62,9 +62,9 @@ def test_candidate_is_evaluated_at_its_own_geometry_and_the_shipped_at_the_catal
     import json
     import shutil
 
-    from doubleunet_segment.models import BUNDLE_ROOT, read_catalog
-    from doubleunet_segment.ship import (
-        CONFIGS,
+    from doubleunet_segment.catalog import read_catalog
+    from doubleunet_segment.paths import bundle_root, configs_dir
+    from doubleunet_segment.release.ship import (
         candidate_geometry,
         evaluation_overrides,
         parse_overrides,
@@ -78,6 +78,7 @@ def test_candidate_is_evaluated_at_its_own_geometry_and_the_shipped_at_the_catal
     }
     with pytest.raises(ValueError, match="--key value"):
         parse_overrides(["--slice_axis"])
+    CONFIGS = configs_dir()
     polyp = [str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")]
     assert candidate_geometry(polyp, []) == {"image_size": [128, 128]}  # 2D: no slice axis to record
     hippo = [str(CONFIGS / "train.json"), str(CONFIGS / "hippocampus.json"), str(CONFIGS / "evaluate.json")]
@@ -92,15 +93,15 @@ def test_candidate_is_evaluated_at_its_own_geometry_and_the_shipped_at_the_catal
     assert evaluated == {"num_workers": 0, "largest_component": True, **current}
 
     models = tmp_path / "models"
-    shutil.copytree(BUNDLE_ROOT / "models", models, ignore=shutil.ignore_patterns("*.pt", "*.ts"))
+    shutil.copytree(bundle_root() / "models", models, ignore=shutil.ignore_patterns("*.pt", "*.ts"))
     update_catalog_geometry(models, "hippocampus", geometry)
     written = json.loads((models / "catalog.json").read_text())["models"]
     assert written["hippocampus"]["slice_axis"] == 1 and written["hippocampus"]["roi_size"] == [48, 48]
-    assert written["polyp"] == json.loads((BUNDLE_ROOT / "models" / "catalog.json").read_text())["models"]["polyp"]
+    assert written["polyp"] == json.loads((bundle_root() / "models" / "catalog.json").read_text())["models"]["polyp"]
 
 
 def test_ship_refuses_malformed_overrides_with_a_usage_error(tmp_path, capsys):
-    from doubleunet_segment.ship import main
+    from doubleunet_segment.release.ship import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["--name", "polyp", str(tmp_path), "--", "--image_size"])

@@ -12,11 +12,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 from conftest import DATA, REPO, needs_data
-from doubleunet_segment.cases import read_image_2d, read_volume_file
+from doubleunet_segment.catalog import read_catalog
 from doubleunet_segment.cli import main
-from doubleunet_segment.engine import Engine
-from doubleunet_segment.evaluation import case_metrics
-from doubleunet_segment.models import read_catalog
+from doubleunet_segment.data.cases import read_image_2d, read_volume_file
+from doubleunet_segment.inference.predictor import Predictor
+from doubleunet_segment.training.evaluation import case_metrics
 from PIL import Image
 from scipy import ndimage
 
@@ -43,11 +43,11 @@ def shipped(name: str):
 
 
 def test_polyp_model_dice_floor_on_validation_frames():
-    engine = Engine(shipped("polyp"), device="cpu")
+    predictor = Predictor(shipped("polyp"), device="cpu")
     dices = []
     for dataset in ("kvasir-seg", "cvc-clinicdb"):
         for item in validation("polyp", 3, dataset):
-            seg = engine.segment(read_image_2d(item["image"]).array)
+            seg = predictor.segment(read_image_2d(item["image"]).array)
             truth = np.asarray(Image.open(item["label"]).convert("L")).T > 127
             assert seg.labels.shape[:2] == truth.shape
             dices.append(case_metrics(seg.labels[:, :, 0], truth)["dice"])
@@ -55,11 +55,11 @@ def test_polyp_model_dice_floor_on_validation_frames():
 
 
 def test_hippocampus_model_on_validation_volumes():
-    engine = Engine(shipped("hippocampus"), device="cpu")
+    predictor = Predictor(shipped("hippocampus"), device="cpu")
     names = {s.value: s.name for s in CATALOG["hippocampus"].segment_infos()}
     for item in validation("hippocampus", 2):
         volume = read_volume_file(item["image"])
-        seg = engine.segment(volume.array)
+        seg = predictor.segment(volume.array)
         truth = np.asarray(nib.load(item["label"]).dataobj).astype(np.uint8)
         assert seg.labels.shape == truth.shape == volume.array.shape[1:]
         assert set(np.unique(seg.labels)) == {0, 1, 2}

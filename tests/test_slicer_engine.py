@@ -20,8 +20,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "DoubleUNetSegment"))
 
-from doubleunet_segment.network import DoubleUNet  # noqa: E402
-from doubleunet_segment.nifti_io import write_seg_nrrd  # noqa: E402
+from doubleunet_segment.data.nifti_io import write_seg_nrrd  # noqa: E402
+from doubleunet_segment.networks.doubleunet import DoubleUNet  # noqa: E402
 from doubleunet_segment.segments import HIPPOCAMPUS_SEGMENTS  # noqa: E402
 from DoubleUNetSegmentLib.bundle import find_bundle_root  # noqa: E402
 from DoubleUNetSegmentLib.commands import EngineOptions, cli_command, engine_environment, worker_command  # noqa: E402

@@ -68,7 +68,7 @@ def test_module_cmakelists_lists_every_file_and_only_existing_ones() -> None:
     assert all(s.endswith(".py") for s in scripts) and not any(r.endswith(".py") for r in resources)
     # the engine is copied from the bundle by glob; its source folder must be where the glob looks
     assert "SOURCE_DIR ${BUNDLE_SOURCE_DIR}" in text
-    assert (MODULE / "../monai_bundle/doubleunet_segment/worker.py").is_file()
+    assert (MODULE / "../monai_bundle/doubleunet_segment/inference/worker.py").is_file()
     assert (MODULE / "../monai_bundle/models/catalog.json").is_file()
 
 

@@ -20,7 +20,7 @@ from packaging.requirements import Requirement
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "DoubleUNetSegment"))
 
-from doubleunet_segment.models import read_catalog  # noqa: E402
+from doubleunet_segment.catalog import read_catalog  # noqa: E402
 from doubleunet_segment.transforms import ProbabilitiesToLabels, keep_largest_components  # noqa: E402
 from DoubleUNetSegmentLib import bundle, requirements, segment_import, workspace  # noqa: E402
 from DoubleUNetSegmentLib.events import RunState, failure_message, parse_line  # noqa: E402
@@ -199,7 +199,7 @@ def test_requirements_are_pinned_as_in_pyproject_and_cover_the_engine() -> None:
     # every third-party module the worker imports, directly or through the package, is listed
     # (in a fresh interpreter: this test process has imported more of the package through other tests)
     probe = (
-        "import sys, doubleunet_segment.worker; "
+        "import sys, doubleunet_segment.inference.worker; "
         "print('\\n'.join(m.__file__ for n, m in sys.modules.items() if n.startswith('doubleunet_segment.')))"
     )
     files = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()

@@ -55,9 +55,9 @@ def cli_command(python: str, input_path: Path, output_dir: Path, options: Engine
 
 
 def worker_command(python: str, options: EngineOptions) -> list[str]:
-    """``python -m doubleunet_segment.worker``: the model stays loaded between Preview requests."""
+    """``python -m doubleunet_segment.inference.worker``: the model stays loaded between Preview requests."""
     options.validate()
-    return [python, "-m", "doubleunet_segment.worker", *_common(options)]
+    return [python, "-m", "doubleunet_segment.inference.worker", *_common(options)]
 
 
 def engine_environment(bundle_root: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """Segment Editor effect "DoubleU-Net": preview a slice in about a second, re-threshold instantly, apply.
 
-A persistent engine process (``doubleunet_segment.worker``) keeps the model loaded, so Preview costs one
+A persistent engine process (``doubleunet_segment.inference.worker``) keeps the model loaded, so Preview costs one
 slice of inference, not a model load. The effect keeps the probability map of the last result: moving the
 threshold slider recomputes the labels from it in Slicer without running the network again. Applying saves
 the segmentation state first, so the Segment Editor's Undo takes the result back.

@@ -21,9 +21,9 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from ..segments import SegmentInfo, segments_from_dicts
 from .atomic import atomic_path
 from .dicom_io import DicomSeries
-from .segments import SegmentInfo, segments_from_dicts
 
 __all__ = ["EmptySegmentationError", "read_dicom_seg", "write_dicom_seg"]
 

@@ -1,11 +1,9 @@
-"""How the engine runs fast: precision, backend and batch chosen per device, with their safety checks.
+"""Precision and backend per model and device, chosen once and only where the masks stay those of float32.
 
 - Reduced precision (bf16 autocast on CPUs with avx512_bf16/AMX, fp16 or bf16 on GPUs) is used only
   once :func:`check_precision` has shown that its thresholded masks agree with float32 on the model's
   validation images (Dice >= :data:`MIN_DICE`); the decision is cached per weights file and device.
 - ONNX Runtime replaces PyTorch for float32 when a one-off timing shows it faster (cached too).
-- :func:`run_in_batches` halves the batch on GPU out-of-memory; :func:`empty_slices` finds slices
-  that can be labelled background unseen; :func:`prefetch` reads the next case while one runs.
 """
 
 from __future__ import annotations
@@ -14,16 +12,16 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .. import paths
+from ..catalog import ModelSpec
 from .inferer import cpu_supports_bf16
-from .models import BUNDLE_ROOT, ModelSpec
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BACKENDS = ("auto", "torch", "onnx")
@@ -73,29 +71,10 @@ def reduced_precisions(device: torch.device) -> list[str]:
     return ["bf16"] if cpu_supports_bf16() else []
 
 
-def default_batch_size(device: torch.device, slice_pixels: int = 256 * 256) -> int:
-    """Slices per forward pass: enough to fill a GPU (about 8 GB of activations), few on CPU.
-
-    On CPU one 256x256 DoubleU-Net slice already keeps every core busy: batch 4 ran no faster than
-    batch 1 (``benchmarks/bench_inference.py``), so only small windows are batched there.
-    """
-    if device.type != "cuda":
-        return int(max(1, min(16, 2 * (256 * 256) // slice_pixels)))
-    return int(max(1, min(64, 32 * (256 * 256) // slice_pixels)))
-
-
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{platform.processor() or platform.machine()} x{os.cpu_count()}"
-
-
-def cache_dir() -> Path:
-    """Where decisions and exported ONNX models are kept (``DOUBLEUNET_CACHE`` overrides)."""
-    override = os.environ.get("DOUBLEUNET_CACHE")
-    if override:
-        return Path(override)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "doubleunet-segment"
 
 
 def weights_key(weights: Path) -> str:
@@ -108,7 +87,7 @@ class DecisionCache:
     """A small JSON of past decisions, read also from ``<weights>.fastpath.json`` shipped beside the weights."""
 
     def __init__(self, path: Path | None = None) -> None:
-        self.path = path or cache_dir() / "decisions.json"
+        self.path = path or paths.cache_dir() / "decisions.json"
 
     def _read(self, path: Path) -> dict:
         try:
@@ -140,12 +119,12 @@ def validation_images(spec: ModelSpec, n: int = VALIDATION_IMAGES) -> list[np.nd
     Found through ``spec.extra['datalist']`` or ``configs/datalist_<segments>.json`` and the sample
     data folder; an empty list (no data here) makes :func:`choose_precision` keep float32.
     """
-    from .cases import read_image_2d, read_volume_file
-    from .datalist import is_volume, load_items
+    from ..data.cases import read_image_2d, read_volume_file
+    from ..data.datalist import is_volume, load_items
 
     name = spec.extra.get("datalist") or (f"datalist_{spec.segments}.json" if isinstance(spec.segments, str) else None)
-    datalist = BUNDLE_ROOT / "configs" / name if name else None
-    data_dir = Path(os.environ.get("DOUBLEUNET_SAMPLES", BUNDLE_ROOT.parent.parent / "shared" / "data"))
+    datalist = paths.configs_dir() / name if name else None
+    data_dir = paths.sample_data()
     if datalist is None or not datalist.is_file() or not data_dir.is_dir():
         return []
     images = []
@@ -222,7 +201,7 @@ def choose_backend(
 
     ``exportable`` is False for networks other than :class:`network.DoubleUNet` (custom bundles).
     """
-    from .onnx_export import onnxruntime_providers
+    from .onnx_runtime import onnxruntime_providers
 
     if choice not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {choice!r}")
@@ -249,89 +228,3 @@ def choose_backend(
             cache.put(weights, device, "backend", cached)
     faster = "onnx" if cached["onnx_s"] < cached["torch_s"] else "torch"
     return faster, f"{faster}: ONNX Runtime {cached['onnx_s']:.3f} s vs PyTorch {cached['torch_s']:.3f} s per batch"
-
-
-def is_out_of_memory(err: BaseException) -> bool:
-    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
-
-
-class OutOfMemory(RuntimeError):
-    """Out of memory even at batch 1; ``done`` items were finished before it."""
-
-    def __init__(self, done: int, cause: BaseException) -> None:
-        super().__init__(f"out of memory at batch 1 after {done} item(s): {cause}")
-        self.done = done
-
-
-def run_in_batches(
-    step: Callable[[int, int], None],
-    total: int,
-    batch: int,
-    start: int = 0,
-    notify: Callable[[str], None] | None = None,
-    is_oom: Callable[[BaseException], bool] = is_out_of_memory,
-) -> int:
-    """Call ``step(a, b)`` over ``[start, total)`` in batches, halving the batch on out-of-memory.
-
-    Returns the batch size that worked (the next call can start there). Raises :class:`OutOfMemory`
-    when even one item does not fit, so the caller can move to another device and go on from ``done``.
-    """
-    batch = max(1, batch)
-    while start < total:
-        stop = min(start + batch, total)
-        try:
-            step(start, stop)
-        except Exception as err:  # CUDA raises OutOfMemoryError, other backends RuntimeError
-            if not is_oom(err):
-                raise
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            if batch == 1:
-                raise OutOfMemory(start, err) from err
-            batch //= 2
-            if notify:
-                notify(f"out of memory: batch halved to {batch}")
-            continue
-        start = stop
-    return batch
-
-
-def empty_slices(volume: np.ndarray, axis: int, threshold: float | None = None) -> np.ndarray:
-    """Boolean per slice along ``axis`` of a (C, X, Y, Z) volume: every voxel at or below ``threshold``.
-
-    ``None`` takes the volume's minimum, so only slices of pure padding/air count (MR zero fill,
-    CT outside the field of view); a number is in the input's own units (e.g. -900 HU).
-    """
-    limit = float(volume.min()) if threshold is None else threshold
-    other = tuple(i for i in range(4) if i != axis + 1)
-    return np.asarray(volume.max(axis=other) <= limit)
-
-
-class _Prefetched:
-    """A case's ``load`` that hands over the prefetched volume once and then lets go of it."""
-
-    def __init__(self, future: Future) -> None:
-        self._future: Future | None = future
-
-    def __call__(self) -> object:
-        future, self._future = self._future, None
-        if future is None:
-            raise RuntimeError("a prefetched case can be loaded only once")
-        return future.result()
-
-
-def prefetch(cases: Iterable, load: Callable[[object], object] = lambda case: case.load()) -> Iterator:
-    """Yield ``cases`` with ``load`` already started for the next one in a background thread.
-
-    Decoding a DICOM series or a compressed NIfTI takes seconds that otherwise add to each case;
-    numpy/zlib/pydicom release the GIL for most of it. Each yielded case's ``load`` returns the
-    prefetched volume (or raises its error, so a bad case still fails alone). At most two volumes
-    are in memory at a time.
-    """
-    items = list(cases)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
-        future: Future | None = pool.submit(load, items[0]) if items else None
-        for i, case in enumerate(items):
-            current = _Prefetched(future)
-            future = pool.submit(load, items[i + 1]) if i + 1 < len(items) else None
-            yield replace(case, load=current)

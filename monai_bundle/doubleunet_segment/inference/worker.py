@@ -27,11 +27,12 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from .cases import Case, Volume, read_volume_file, safe_name
-from .cli import Reporter, run_case
-from .engine import Engine
-from .models import resolve_model
-from .transforms import ProbabilitiesToLabels
+from ..catalog import resolve_model
+from ..data.cases import Case, Volume, read_volume_file, safe_name
+from ..transforms import ProbabilitiesToLabels
+from .predictor import Predictor
+from .progress import Reporter
+from .runner import run_case
 
 
 class RequestReporter(Reporter):
@@ -76,13 +77,13 @@ def crop_slices(volume: Volume, axis: int, start: int, stop: int) -> Volume:
 
 
 class Worker:
-    """One loaded engine answering requests; the default threshold is the model's own."""
+    """One loaded predictor answering requests; the default threshold is the model's own."""
 
-    def __init__(self, engine: Engine, out: TextIO = sys.stdout) -> None:
-        self.engine = engine
+    def __init__(self, predictor: Predictor, out: TextIO = sys.stdout) -> None:
+        self.predictor = predictor
         self.out = out
         self.cache = VolumeCache()
-        self.default_threshold = engine.spec.threshold
+        self.default_threshold = predictor.spec.threshold
 
     def emit(self, **data: Any) -> None:
         self.out.write(json.dumps(data) + "\n")
@@ -92,9 +93,9 @@ class Worker:
         value = self.default_threshold if threshold is None else float(threshold)
         if not 0.0 < value < 1.0:
             raise ValueError(f"threshold must lie between 0 and 1, got {value}")
-        self.engine.spec.threshold = value
-        self.engine.threshold = value
-        self.engine.postprocessing = ProbabilitiesToLabels(value)
+        self.predictor.spec.threshold = value
+        self.predictor.threshold = value
+        self.predictor.postprocessing = ProbabilitiesToLabels(value)
 
     def handle(self, request: dict[str, Any]) -> bool:
         """Answer one request; False when asked to stop."""
@@ -111,7 +112,7 @@ class Worker:
             self.emit(event="error", id=request_id, message=f"bad request: {type(err).__name__}: {err}")
             self.emit(event="idle", id=request_id)
             return True
-        axis = self.engine.inferer.slice_axis
+        axis = self.predictor.inferer.slice_axis
 
         def load() -> Volume:
             volume = self.cache.load(source)
@@ -123,7 +124,7 @@ class Worker:
             overwrite=bool(request.get("overwrite", True)),
         )
         reporter = RequestReporter(request_id, self.out)
-        result = run_case(Case(name, str(source), "volume", load), self.engine, args, {"nifti"}, reporter)
+        result = run_case(Case(name, str(source), "volume", load), self.predictor, args, {"nifti"}, reporter)
         reporter.end_case(result)
         self.emit(event="idle", id=request_id)
         return True
@@ -152,17 +153,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tta", action="store_true", help="test-time augmentation with flips")
     args = p.parse_args(argv)
     try:
-        engine = Engine(resolve_model(args.model), device=args.device, batch_size=args.batch_size, tta=args.tta)
+        predictor = Predictor(resolve_model(args.model), device=args.device, batch_size=args.batch_size, tta=args.tta)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         p.exit(2, f"doubleunet-segment-worker: error: {err}\n")
-    worker = Worker(engine)
-    worker.emit(event="device", device=str(engine.device), reason=engine.device_reason)
+    worker = Worker(predictor)
+    worker.emit(event="device", device=str(predictor.device), reason=predictor.device_reason)
     worker.emit(
         event="ready",
-        model=engine.spec.name,
-        slice_axis=engine.inferer.slice_axis,
-        threshold=engine.spec.threshold,
-        segments=[s.to_dict() for s in engine.spec.segment_infos()],
+        model=predictor.spec.name,
+        slice_axis=predictor.inferer.slice_axis,
+        threshold=predictor.spec.threshold,
+        segments=[s.to_dict() for s in predictor.spec.segment_infos()],
     )
     worker.serve(sys.stdin)
     return 0

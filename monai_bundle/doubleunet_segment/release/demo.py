@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -19,22 +18,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .cli import segment_inputs
-from .engine import Engine
-from .evaluation import case_metrics
-from .models import BUNDLE_ROOT, read_catalog
-from .overlay import blend, save_png
+from .. import paths
+from ..catalog import read_catalog
+from ..data.overlay import blend, save_png
+from ..inference.predictor import Predictor
+from ..inference.runner import segment_inputs
+from ..training.evaluation import case_metrics
 
-REPO = BUNDLE_ROOT.parent
-DEFAULT_SAMPLES = REPO.parent / "shared" / "data"
-
-
-def sample_folder() -> Path:
-    return Path(os.environ.get("DOUBLEUNET_SAMPLES", DEFAULT_SAMPLES)).expanduser()
+REPO = paths.SOURCE_BUNDLE.parent
 
 
 def validation_items(name: str, samples: Path, dataset: str, count: int) -> list[dict]:
-    datalist = json.loads((BUNDLE_ROOT / "configs" / f"datalist_{name}.json").read_text())
+    datalist = json.loads((paths.configs_dir() / f"datalist_{name}.json").read_text())
     items = [d for d in datalist["validation"] if d.get("dataset", dataset) == dataset]
     return [{k: str(samples / v) for k, v in d.items() if k in ("image", "label")} for d in items[:count]]
 
@@ -47,7 +42,7 @@ def polyp_grid(results_dir: Path, items: list[dict], out: Path) -> list[float]:
     for item in items:
         case = results_dir / Path(item["image"]).stem
         frame = np.asarray(Image.open(item["image"]).convert("RGB"), dtype=np.float32)
-        image = np.moveaxis(frame, -1, 0).swapaxes(1, 2)  # (C, X, Y) as the engine sees it
+        image = np.moveaxis(frame, -1, 0).swapaxes(1, 2)  # (C, X, Y) as the predictor sees it
         pred = (np.asarray(Image.open(case / "mask.png")) > 127).T.astype(np.uint8)
         truth = (np.asarray(Image.open(item["label"]).convert("L")) > 127).T.astype(np.uint8)
         dices.append(case_metrics(pred, truth)["dice"])
@@ -79,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", type=Path, default=REPO / "outputs" / "demo")
     parser.add_argument("--images", type=int, default=4, help="polyp validation frames to segment")
     args = parser.parse_args(argv)
-    samples = args.samples or sample_folder()
+    samples = args.samples or paths.sample_data()
     catalog = read_catalog()
     out = args.output
     pictures: list[Path] = []
@@ -93,21 +88,21 @@ def main(argv: list[str] | None = None) -> int:
         )
     if "polyp" not in missing and samples.is_dir():
         items = validation_items("polyp", samples, "kvasir-seg", args.images)
-        engine = Engine(catalog["polyp"], device="auto")
-        print(f"polyp model on {len(items)} Kvasir-SEG validation frames ({engine.device_reason})")
-        segment_inputs([d["image"] for d in items], out / "polyp", engine, "nifti,png", overwrite=True)
+        predictor = Predictor(catalog["polyp"], device="auto")
+        print(f"polyp model on {len(items)} Kvasir-SEG validation frames ({predictor.device_reason})")
+        segment_inputs([d["image"] for d in items], out / "polyp", predictor, "nifti,png", overwrite=True)
         dices = polyp_grid(out / "polyp", items, out / "polyp_overlays.png")
         print(f"Dice per frame: {', '.join(f'{d:.3f}' for d in dices)}")
         pictures.append(out / "polyp_overlays.png")
     if "hippocampus" not in missing:
-        engine = Engine(catalog["hippocampus"], device="auto")
+        predictor = Predictor(catalog["hippocampus"], device="auto")
         inputs = []
         if samples.is_dir():
             inputs.append(validation_items("hippocampus", samples, "msd-hippocampus", 1)[0]["image"])
         with tempfile.TemporaryDirectory() as tmp:
             inputs += pydicom_samples(Path(tmp))
             print(f"hippocampus model on {len(inputs)} volume(s): MSD MR and pydicom's real CT/MR DICOM files")
-            segment_inputs(inputs, out / "hippocampus", engine, "nifti,dicom-seg,png", overwrite=True)
+            segment_inputs(inputs, out / "hippocampus", predictor, "nifti,dicom-seg,png", overwrite=True)
         pictures += sorted((out / "hippocampus").glob("*/views.png"))
     if not pictures:
         return 1

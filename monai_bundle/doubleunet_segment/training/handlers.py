@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from ignite.engine import Engine, Events
 
-from .models import load_weights
+from ..networks.weights import load_weights
 
 CHECKPOINT_PATTERN = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
 

@@ -13,10 +13,9 @@ from pathlib import Path
 
 from monai.bundle import ckpt_export
 
-from .atomic import atomic_path
-from .models import BUNDLE_ROOT, default_model_name, read_catalog
-
-CONFIGS = BUNDLE_ROOT / "configs"
+from .. import paths
+from ..catalog import default_model_name, read_catalog
+from ..data.atomic import atomic_path
 
 
 def export_torchscript(name: str, target: Path | None = None) -> Path:
@@ -28,10 +27,10 @@ def export_torchscript(name: str, target: Path | None = None) -> Path:
             net_id="network_fp16",
             filepath=str(tmp),
             ckpt_file=str(weights),
-            meta_file=str(CONFIGS / "metadata.json"),
-            config_file=str(CONFIGS / "inference.json"),
+            meta_file=str(paths.configs_dir() / "metadata.json"),
+            config_file=str(paths.configs_dir() / "inference.json"),
             model=name,
-            network_fp16="$doubleunet_segment.models.half_storage(@network_def)",
+            network_fp16="$doubleunet_segment.networks.weights.half_storage(@network_def)",
         )
     return target
 

@@ -1,8 +1,8 @@
-"""Past one device: ``torchrun`` training with DistributedDataParallel and case-sharded batch inference.
+"""Past one device: ``torchrun`` training with DistributedDataParallel.
 
 ``configs/multi_gpu_train.json`` (MONAI's overlay convention) calls these helpers so the same bundle
-trains on N GPUs with NCCL, or on N CPU processes with gloo (how the tests run it). Inference needs
-no process group: each rank segments cases ``rank, rank + N, ...`` of the same sorted case list.
+trains on N GPUs with NCCL, or on N CPU processes with gloo (how the tests run it). Case-sharded
+inference needs no process group: see :mod:`doubleunet_segment.inference.sharding`.
 """
 
 from __future__ import annotations
@@ -15,28 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-if TYPE_CHECKING:  # ignite is a training dependency; the inference CLI imports this module too
+if TYPE_CHECKING:  # ignite is a training dependency, imported only when training runs
     from ignite.engine import Engine
-
-
-def shard_of(text: str | None = None) -> tuple[int, int]:
-    """(rank, world size) from ``R/N`` (``--shard``), else from torchrun's ``RANK``/``WORLD_SIZE``."""
-    if text:
-        try:
-            rank, world = (int(v) for v in text.split("/"))
-        except ValueError:
-            raise ValueError(f"--shard takes R/N such as 0/4, got {text!r}") from None
-        if not 0 <= rank < world:
-            raise ValueError(f"--shard {text}: R must be in 0..N-1")
-        return rank, world
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def local_device(choice: str, rank: int) -> str:
-    """The engine's device choice; under torchrun each rank is pinned to its own GPU first."""
-    if choice != "cpu" and torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", 1)) > 1:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
-    return choice
 
 
 def device() -> torch.device:
@@ -101,8 +81,8 @@ def attach_checkpoints(trainer: Engine, ckpt_dir: str | Path, objects: dict) -> 
     """Per-epoch resume checkpoints saved by rank 0 and loaded by every rank."""
     from monai.handlers import CheckpointLoader
 
-    from .training import attach_checkpoints as attach_rank0
-    from .training import latest_checkpoint
+    from .handlers import attach_checkpoints as attach_rank0
+    from .handlers import latest_checkpoint
 
     if rank() == 0:
         attach_rank0(trainer, ckpt_dir, objects)

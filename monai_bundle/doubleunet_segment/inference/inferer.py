@@ -1,4 +1,4 @@
-"""Slice-by-slice inference with DoubleU-Net, as a MONAI Inferer the bundle configs and the engine share.
+"""Slice-by-slice inference with DoubleU-Net, as a MONAI Inferer the bundle configs and the predictor share.
 
 A 2D network on volumes: MONAI's SliceInferer feeds each slice along ``slice_axis`` to the network,
 with in-plane sliding windows where slices exceed the trained size. Models trained on whole resized
@@ -73,7 +73,7 @@ class DoubleUNetInferer(Inferer):
         tta: flip test-time augmentation.
         amp: mixed precision (float16) on CUDA; used when ``precision`` is ``auto``.
         precision: ``auto`` (as ``amp`` says), ``fp32``, ``bf16`` or ``fp16`` autocast on any device;
-            the engine sets it to the precision its acceptance check allowed.
+            the predictor sets it to the precision its acceptance check allowed.
         channels_last: feed the network NHWC tensors (set with a channels-last network).
     """
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .network import SIZE_MULTIPLE, DoubleUNet
+from ..networks.doubleunet import SIZE_MULTIPLE, DoubleUNet
 
 
 class _Stage2(nn.Module):

@@ -12,6 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from .. import paths  # noqa: E402
+
 
 def read_epochs(metrics_csv: str | Path) -> tuple[list[dict], str]:
     """A run's ``metrics.csv`` rows and the name of its validation metric column."""
@@ -77,9 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     overlays = sub.add_parser("overlays", help="prediction beside ground truth on validation cases")
     overlays.add_argument("model")
     overlays.add_argument("-o", "--output", required=True)
-    overlays.add_argument(
-        "--samples", type=Path, default=Path(__file__).resolve().parents[2].parent / "shared" / "data"
-    )
+    overlays.add_argument("--samples", type=Path, default=None)
     overlays.add_argument("--count", type=int, default=4)
     args = parser.parse_args(argv)
     if args.command == "curves":
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error("each run is LABEL=METRICS_CSV, e.g. 'axis 0=runs/axes/axis0/metrics.csv'")
         print(plot_run_comparison(dict(run.split("=", 1) for run in args.runs), args.output, args.title))
     else:
-        print(validation_figure(args.model, args.samples, Path(args.output), args.count))
+        print(validation_figure(args.model, args.samples or paths.sample_data(), Path(args.output), args.count))
 
 
 def validation_figure(name: str, samples: Path, out_png: Path, count: int = 4) -> Path:
@@ -102,15 +102,15 @@ def validation_figure(name: str, samples: Path, out_png: Path, count: int = 4) -
 
     import numpy as np
 
-    from .cases import read_image_2d, read_volume_file
-    from .engine import Engine
-    from .models import BUNDLE_ROOT, read_catalog
-    from .overlay import blend, orthogonal_views, save_png
+    from ..catalog import read_catalog
+    from ..data.cases import read_image_2d, read_volume_file
+    from ..data.overlay import blend, orthogonal_views, save_png
+    from ..inference.predictor import Predictor
 
     spec = read_catalog()[name]
     segs = spec.segment_infos()
-    engine = Engine(spec, device="auto")
-    datalist = json.loads((BUNDLE_ROOT / "configs" / f"datalist_{name}.json").read_text())["validation"]
+    predictor = Predictor(spec, device="auto")
+    datalist = json.loads((paths.configs_dir() / f"datalist_{name}.json").read_text())["validation"]
     rows = []
     if name == "polyp":
         from PIL import Image
@@ -119,7 +119,7 @@ def validation_figure(name: str, samples: Path, out_png: Path, count: int = 4) -
         picks += [d for d in datalist if d["dataset"] == "cvc-clinicdb"][: count - len(picks)]
         for item in picks:
             image = read_image_2d(samples / item["image"]).array
-            pred = engine.segment(image).labels[:, :, 0]
+            pred = predictor.segment(image).labels[:, :, 0]
             truth = (np.asarray(Image.open(samples / item["label"]).convert("L")) > 127).T.astype(np.uint8)
             tiles = [blend(image[..., 0], np.zeros_like(pred), segs), blend(image[..., 0], pred, segs)]
             tiles.append(blend(image[..., 0], truth, segs))
@@ -130,7 +130,7 @@ def validation_figure(name: str, samples: Path, out_png: Path, count: int = 4) -
 
         for item in datalist[:count]:
             volume = read_volume_file(samples / item["image"])
-            pred = engine.segment(volume.array).labels
+            pred = predictor.segment(volume.array).labels
             truth = np.asarray(nib.load(samples / item["label"]).dataobj).astype(np.uint8)
             top, bottom = orthogonal_views(volume.array, pred, segs), orthogonal_views(volume.array, truth, segs)
             width = max(top.shape[1], bottom.shape[1])

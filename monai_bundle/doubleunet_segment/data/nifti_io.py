@@ -15,8 +15,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from ..segments import SegmentInfo, segments_from_dicts
 from .atomic import atomic_path
-from .segments import SegmentInfo, segments_from_dicts
 
 __all__ = ["label_dtype", "read_nifti", "write_nifti", "write_seg_nrrd"]
 

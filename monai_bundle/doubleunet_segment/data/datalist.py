@@ -16,7 +16,7 @@ import numpy as np
 from monai.data import load_decathlon_datalist
 from monai.transforms import LoadImage
 
-from .transforms import normalize
+from ..transforms import normalize
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")

@@ -17,7 +17,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.metrics import compute_hausdorff_distance
 
-from .atomic import atomic_write_text
+from ..data.atomic import atomic_write_text
 
 METRICS = ("dice", "iou", "precision", "recall", "hd95")
 

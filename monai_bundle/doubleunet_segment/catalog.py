@@ -13,13 +13,12 @@ from typing import Any
 
 import torch
 
-from .network import DoubleUNet
+from . import paths
+from .networks.doubleunet import DoubleUNet
+from .networks.weights import load_weights
 from .segments import HIPPOCAMPUS_SEGMENTS, POLYP_SEGMENTS, SegmentInfo, segments_from_dicts
 
 SEGMENT_SETS = {"polyp": POLYP_SEGMENTS, "hippocampus": HIPPOCAMPUS_SEGMENTS}
-
-BUNDLE_ROOT = Path(__file__).resolve().parents[1]
-CATALOG_NAME = "catalog.json"
 
 
 @dataclass
@@ -57,13 +56,15 @@ class ModelSpec:
         return segments_from_dicts(self.segments)
 
 
-def read_catalog(models_dir: Path = BUNDLE_ROOT / "models") -> dict[str, ModelSpec]:
-    data = json.loads((models_dir / CATALOG_NAME).read_text())
+def read_catalog(models_dir: Path | None = None) -> dict[str, ModelSpec]:
+    models_dir = paths.models_dir() if models_dir is None else models_dir
+    data = json.loads((models_dir / paths.CATALOG_NAME).read_text())
     return {name: ModelSpec.from_dict(name, d, models_dir) for name, d in data["models"].items()}
 
 
-def default_model_name(models_dir: Path = BUNDLE_ROOT / "models") -> str:
-    return json.loads((models_dir / CATALOG_NAME).read_text())["default"]
+def default_model_name(models_dir: Path | None = None) -> str:
+    models_dir = paths.models_dir() if models_dir is None else models_dir
+    return json.loads((models_dir / paths.CATALOG_NAME).read_text())["default"]
 
 
 def resolve_model(choice: str | None) -> ModelSpec:
@@ -79,9 +80,9 @@ def resolve_model(choice: str | None) -> ModelSpec:
         return catalog[choice]
     path = Path(choice).expanduser()
     if path.is_dir():
-        models_dir = path / "models" if (path / "models" / CATALOG_NAME).is_file() else path
-        if not (models_dir / CATALOG_NAME).is_file():
-            raise FileNotFoundError(f"{path} is not a DoubleU-Net bundle: no models/{CATALOG_NAME}")
+        models_dir = path / "models" if (path / "models" / paths.CATALOG_NAME).is_file() else path
+        if not (models_dir / paths.CATALOG_NAME).is_file():
+            raise FileNotFoundError(f"{path} is not a DoubleU-Net bundle: no models/{paths.CATALOG_NAME}")
         return read_catalog(models_dir)[default_model_name(models_dir)]
     if path.is_file():
         sidecar = path.with_suffix(".json")
@@ -100,48 +101,6 @@ def build_network(spec: ModelSpec) -> DoubleUNet:
     return DoubleUNet(in_channels=spec.in_channels, out_channels=spec.out_channels)
 
 
-def load_state(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from a plain ``model.pt`` or from a training checkpoint (``{"network": ...}``)."""
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"model weights not found: {path}. Train one with `python -m monai.bundle run training "
-            "--config_file monai_bundle/configs/train.json` or pass --model PATH."
-        )
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("network", "model", "state_dict"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-    return {k.removeprefix("module."): v.float() if v.is_floating_point() else v for k, v in state.items()}
-
-
-def load_weights(net: DoubleUNet, path: str | Path) -> DoubleUNet:
-    """``net`` with the weights of ``path`` (plain state dict or training checkpoint), in eval mode."""
-    try:
-        net.load_state_dict(load_state(Path(path)))
-    except RuntimeError as err:
-        raise ValueError(
-            f"{path} does not fit this DoubleU-Net ({net.in_channels} in, {net.out_channels} out): {err}"
-        ) from err
-    return net.eval()
-
-
 def load_model(spec: ModelSpec, device: torch.device | str = "cpu") -> DoubleUNet:
     """The spec's network with its trained weights, in eval mode; a mismatch names the file."""
     return load_weights(build_network(spec), spec.weights).to(device)
-
-
-def stored_in_float16(key: str, value: torch.Tensor) -> bool:
-    """Shipped files keep weights in float16; BatchNorm running statistics stay float32 (variances overflow 65504)."""
-    return value.is_floating_point() and not key.endswith(("running_mean", "running_var"))
-
-
-def half_storage(net: torch.nn.Module) -> torch.nn.Module:
-    """``net`` storing its tensors as the shipped ``model.pt`` does, for an export of the same size.
-
-    Call ``.float()`` on it (or on its TorchScript export) before running it: float16 compute on a CPU is
-    slow and overflows.
-    """
-    for key, tensor in [*net.named_parameters(), *net.named_buffers()]:
-        if stored_in_float16(key, tensor):
-            tensor.data = tensor.data.half()
-    return net

@@ -9,8 +9,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from ..segments import SegmentInfo
 from .atomic import atomic_path
-from .segments import SegmentInfo
 
 
 def _to_rgb8(image: np.ndarray) -> np.ndarray:

@@ -25,19 +25,12 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
-from .atomic import atomic_path, atomic_write_text
-from .models import (
-    BUNDLE_ROOT,
-    CATALOG_NAME,
-    ModelSpec,
-    default_model_name,
-    load_state,
-    read_catalog,
-    stored_in_float16,
-)
+from .. import paths
+from ..catalog import ModelSpec, default_model_name, read_catalog
+from ..data.atomic import atomic_path, atomic_write_text
+from ..networks.weights import load_state, stored_in_float16
 from .torchscript_export import export_torchscript
 
-CONFIGS = BUNDLE_ROOT / "configs"
 FIGURES = ("dice", "iou", "precision", "recall", "hd95", "volume_diff_ml")
 GEOMETRY = {"slice_axis": "slice_axis", "image_size": "roi_size"}  # config key -> catalog key
 
@@ -85,7 +78,7 @@ def evaluation_overrides(overrides: list[str], geometry: dict, spec: ModelSpec) 
 
 
 def update_catalog_geometry(models_dir: Path, name: str, geometry: dict) -> None:
-    path = models_dir / CATALOG_NAME
+    path = models_dir / paths.CATALOG_NAME
     catalog = json.loads(path.read_text())
     catalog["models"][name].update({GEOMETRY[k]: v for k, v in geometry.items()})
     atomic_write_text(path, json.dumps(catalog, indent=2) + "\n", overwrite=True)
@@ -134,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     overrides = [o for o in args.overrides if o != "--"]
-    configs = [str(CONFIGS / "train.json"), *args.config, str(CONFIGS / "evaluate.json")]
+    configs = [str(paths.configs_dir() / "train.json"), *args.config, str(paths.configs_dir() / "evaluate.json")]
     spec = read_catalog()[args.name]
     try:
         geometry = candidate_geometry(configs, overrides)

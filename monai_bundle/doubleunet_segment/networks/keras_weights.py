@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .network import DoubleUNet
+from .doubleunet import DoubleUNet
 
 
 def keras_layer_map(model: DoubleUNet) -> dict[str, nn.Module]:

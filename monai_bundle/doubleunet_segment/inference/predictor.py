@@ -1,10 +1,10 @@
-"""The inference engine: a channel-first volume in, per-class probabilities and a label map out.
+"""The inference predictor: a channel-first volume in, per-class probabilities and a label map out.
 
-The CLI and the Slicer subprocess call :class:`Engine`; the bundle's inference config uses the same
+The CLI and the Slicer subprocess call :class:`Predictor`; the bundle's inference config uses the same
 :class:`inferer.DoubleUNetInferer`. Volumes stream through it one batch of slices at a time: channel
 expansion, 2.5D context, inference and labelling happen per batch, so memory grows with the batch,
 not with the volume. A 2D image is a volume of one slice. The fast path (precision, backend, batch)
-is chosen once per engine by :mod:`fastpath`, with every choice overridable.
+is chosen once per predictor by :mod:`.precision` and :mod:`.batching`, with every choice overridable.
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import fastpath
+from .. import paths
+from ..catalog import ModelSpec, load_model
+from ..networks.doubleunet import DoubleUNet
+from ..transforms import Normalize, ProbabilitiesToLabels, keep_largest_components
+from .batching import OutOfMemory, default_batch_size, empty_slices, run_in_batches
 from .inferer import DoubleUNetInferer
-from .models import ModelSpec, load_model
-from .network import DoubleUNet
-from .transforms import Normalize, ProbabilitiesToLabels, keep_largest_components
+from .precision import choose_backend, choose_precision, time_call, validation_images, weights_key
 
 # Skipping empty slices changes results wherever a model labels blank input as foreground (the
 # random-weight test models do, on the 34 zero slices of the MNI152 volume), so it is opt-in.
@@ -55,7 +57,7 @@ def pick_device(choice: str = "auto") -> tuple[torch.device, str]:
 
 
 @dataclass
-class Segmentation:
+class Prediction:
     probabilities: np.ndarray | None  # (K, X, Y, Z) float32; K = 1 (foreground); None if not kept
     labels: np.ndarray  # (X, Y, Z) uint8
     device: str
@@ -64,7 +66,7 @@ class Segmentation:
     notes: list[str] = field(default_factory=list)
 
 
-class Engine:
+class Predictor:
     """A loaded model ready to segment volumes.
 
     Args:
@@ -103,7 +105,7 @@ class Engine:
         self.threshold = spec.threshold if threshold is None else threshold
         self.network = (network or load_model(spec)).to(self.device).eval()
         pixels = int(np.prod(spec.roi_size))
-        batch = batch_size or (inferer.sw_batch_size if inferer else fastpath.default_batch_size(self.device, pixels))
+        batch = batch_size or (inferer.sw_batch_size if inferer else default_batch_size(self.device, pixels))
         self.inferer = inferer or DoubleUNetInferer.for_model(spec, sw_batch_size=batch, tta=tta)
         self.inferer.sw_batch_size = batch
         self.preprocessing = preprocessing or Normalize(spec.normalization)
@@ -113,11 +115,11 @@ class Engine:
         self.notes: list[str] = []
         self._torch_network = self.network
         self._use_channels_last()
-        self.precision, precision_reason = fastpath.choose_precision(
+        self.precision, precision_reason = choose_precision(
             precision, self.device, self._weights(), self._labels_at, self._validation_images
         )
         self.inferer.precision = self.precision
-        self.backend, backend_reason = fastpath.choose_backend(
+        self.backend, backend_reason = choose_backend(
             backend,
             self.device,
             self.precision,
@@ -146,7 +148,7 @@ class Engine:
             self.inferer.channels_last = True
 
     def _validation_images(self) -> list[np.ndarray]:
-        return fastpath.validation_images(self.spec)
+        return validation_images(self.spec)
 
     def _labels_at(self, image: np.ndarray, precision: str) -> np.ndarray:
         """Label map of one (C, X, Y, Z) image at ``precision`` (for the acceptance check)."""
@@ -164,8 +166,8 @@ class Engine:
         onnx = self._onnx_network()
         layout = torch.channels_last if self.inferer.channels_last else torch.contiguous_format
         with torch.inference_mode():
-            torch_s = fastpath.time_call(lambda: model(x.contiguous(memory_format=layout)), repeats=1)
-            onnx_s = fastpath.time_call(lambda: onnx(x), repeats=1)
+            torch_s = time_call(lambda: model(x.contiguous(memory_format=layout)), repeats=1)
+            onnx_s = time_call(lambda: onnx(x), repeats=1)
         return torch_s, onnx_s
 
     def _network_channels(self) -> int:
@@ -173,14 +175,14 @@ class Engine:
 
     def _onnx_network(self) -> torch.nn.Module:
         """The ONNX Runtime network, exported once per weights file into the cache."""
-        from .onnx_export import OnnxNetwork, export_onnx
+        from .onnx_runtime import OnnxNetwork, export_onnx
 
         weights = self._weights()
         if weights is None:
             path = Path(tempfile.mkdtemp(prefix="doubleunet-onnx-")) / "model.onnx"
         else:
-            digest = hashlib.sha1(fastpath.weights_key(weights).encode()).hexdigest()[:16]
-            path = fastpath.cache_dir() / "onnx" / f"{weights.stem}-{digest}.onnx"
+            digest = hashlib.sha1(weights_key(weights).encode()).hexdigest()[:16]
+            path = paths.cache_dir() / "onnx" / f"{weights.stem}-{digest}.onnx"
         if not path.is_file():
             export_onnx(copy.deepcopy(self._torch_network).to("cpu"), path)
         return OnnxNetwork(path, self.device)
@@ -231,7 +233,7 @@ class Engine:
         checked = self._check_channels(volume)
         axis = self.inferer.slice_axis
         n = checked.shape[axis + 1]
-        empty = fastpath.empty_slices(checked, axis, self.background) if self.skip_empty else np.zeros(n, bool)
+        empty = empty_slices(checked, axis, self.background) if self.skip_empty else np.zeros(n, bool)
         if empty.any():
             shape = list(checked.shape[1:])
             shape[axis] = int(empty.sum())
@@ -255,11 +257,11 @@ class Engine:
         batch = self.batch_size
         while True:
             try:
-                self.inferer.sw_batch_size = fastpath.run_in_batches(step, len(todo), batch, start, self.notes.append)
+                self.inferer.sw_batch_size = run_in_batches(step, len(todo), batch, start, self.notes.append)
                 if progress and not len(todo):
                     progress(n, n)
                 return int(empty.sum())
-            except fastpath.OutOfMemory as err:
+            except OutOfMemory as err:
                 if self.device.type != "cuda":
                     raise
                 start, batch = err.done, self.batch_size
@@ -289,7 +291,7 @@ class Engine:
     ) -> np.ndarray:
         """(C, X, Y, Z) volume -> (K, X, Y, Z) float32 probabilities, along the model's slice axis.
 
-        ``chunk`` (slices per forward pass) overrides the engine's batch size for this call.
+        ``chunk`` (slices per forward pass) overrides the predictor's batch size for this call.
         """
         saved = self.inferer.sw_batch_size
         if chunk:
@@ -305,7 +307,7 @@ class Engine:
 
     def segment(
         self, volume: np.ndarray, progress: ProgressCallback | None = None, keep_probabilities: bool = True
-    ) -> Segmentation:
+    ) -> Prediction:
         """Probabilities (if kept) and labels; labels are made per batch, so without probabilities a
         512x512x600 volume needs only its own memory plus a uint8 label map. A model whose spec says
         ``largest_component`` gets its labels (not its probabilities) cut to one piece per class."""
@@ -324,4 +326,4 @@ class Engine:
         skipped = self._stream(volume, emit, progress)
         if self.spec.largest_component:
             labels = keep_largest_components(labels, max(1, self.spec.out_channels - 1))
-        return Segmentation(probs, labels, str(self.device), self.device_reason, skipped, list(self.notes))
+        return Prediction(probs, labels, str(self.device), self.device_reason, skipped, list(self.notes))

@@ -1,0 +1,1 @@
+"""Training: ignite handlers (checkpoints, resume, epoch log), losses, distributed training, evaluation."""
