@@ -17,9 +17,10 @@ import numpy as np
 import qt
 import slicer
 import vtk
-from DoubleUNetSegmentLib.bundle import custom_model_entry, find_bundle_root, read_catalog
+from DoubleUNetSegmentLib.bundle import ModelSpec, choose_custom_model, find_bundle_root, read_catalog
 from DoubleUNetSegmentLib.commands import EngineOptions, cli_command, engine_environment, worker_command
 from DoubleUNetSegmentLib.events import RunState, failure_message
+from DoubleUNetSegmentLib.poller import EventPoller
 from DoubleUNetSegmentLib.requirements import (
     install_failure_message,
     load_requirements,
@@ -27,7 +28,7 @@ from DoubleUNetSegmentLib.requirements import (
     torch_version_requirement,
     unmet,
 )
-from DoubleUNetSegmentLib.segment_import import EngineResult, plan_import, read_result
+from DoubleUNetSegmentLib.segment_import import Prediction, plan_import, read_result
 from DoubleUNetSegmentLib.workspace import make_workspace, remove_workspace, sweep_stale
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -75,13 +76,49 @@ def registerEditorEffect() -> None:
     instance.self().register()
 
 
+def addModelItems(combo, models: list[ModelSpec], default: str | None = None) -> None:
+    """The shipped models (description as tooltip), then the entry that asks for the user's own model.
+
+    Shared by the panel and the effect, so both offer the same list; ``default`` is selected when given.
+    """
+    for model in models:
+        combo.addItem(model.label, model.name)
+        combo.setItemData(combo.count - 1, model.description, qt.Qt.ToolTipRole)
+        if model.name == default:
+            combo.setCurrentIndex(combo.count - 1)
+    combo.insertSeparator(combo.count)
+    combo.addItem(CHOOSE_MODEL, "")
+
+
+def chooseCustomModel(combo, index: int) -> None:
+    """When ``index`` is the "Choose..." entry: ask for a bundle folder, else a weights file, and select it.
+
+    The choice logic is ``choose_custom_model`` (tested without Slicer); this adds Qt's dialogs. The chosen
+    model goes first in ``combo``; cancelling both dialogs selects the first entry again.
+    """
+    if combo.itemData(index) != "":
+        return
+    window = slicer.util.mainWindow()
+    model = choose_custom_model(
+        lambda: qt.QFileDialog.getExistingDirectory(window, "DoubleU-Net bundle folder"),
+        lambda: qt.QFileDialog.getOpenFileName(window, "DoubleU-Net weights file", "", "PyTorch weights (*.pt *.pth)"),
+    )
+    if model is not None:
+        combo.insertItem(0, model.label, model.name)
+        combo.setItemData(0, model.description, qt.Qt.ToolTipRole)
+    combo.setCurrentIndex(0)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Logic: everything that touches nodes, files and the engine process; no widgets.
 # ---------------------------------------------------------------------------------------------------------------
 
 
 class EngineRun:
-    """A running engine process polled from Qt's event loop; calls back with each event and once at the end."""
+    """A running engine process polled from Qt's event loop; calls back after new events and once at the end.
+
+    The reading is ``EventPoller``'s (shared with the effect's worker session); this class adds the Qt timer.
+    """
 
     def __init__(
         self,
@@ -91,7 +128,7 @@ class EngineRun:
         state: RunState | None = None,
     ) -> None:
         self.process = process
-        self.state = state or RunState()
+        self.poller = EventPoller(process, state, source="engine")
         self.onUpdate = onUpdate
         self.onFinished = onFinished
         self.timer = qt.QTimer()
@@ -99,17 +136,15 @@ class EngineRun:
         self.timer.connect("timeout()", self.poll)
         self.timer.start()
 
+    @property
+    def state(self) -> RunState:
+        return self.poller.state
+
     def poll(self) -> None:
-        events = self.process.poll()
-        for event in events:
-            self.state.apply(event)
-            if event.kind == "log":
-                logging.info("DoubleU-Net engine: %s", event.line)
+        events = self.poller.poll()
         if events and self.onUpdate:
             self.onUpdate(self.state)
-        if self.process.finished():
-            for event in self.process.poll():
-                self.state.apply(event)
+        if self.poller.finished:
             self.timer.stop()
             self.onFinished(self)
 
@@ -137,13 +172,9 @@ class DoubleUNetSegmentLogic(ScriptedLoadableModuleLogic):
     def bundleRoot(self) -> Path:
         return find_bundle_root(self.moduleDir)
 
-    def models(self):
-        """(default name, entries) of the shipped models."""
+    def models(self) -> tuple[str, list[ModelSpec]]:
+        """(default name, specs) of the shipped models."""
         return read_catalog(self.bundleRoot())
-
-    @staticmethod
-    def customModel(path: str):
-        return custom_model_entry(path)
 
     @staticmethod
     def pythonExecutable() -> str:
@@ -271,7 +302,7 @@ class DoubleUNetSegmentLogic(ScriptedLoadableModuleLogic):
         self.run = EngineRun(process, onUpdate, onFinished)
         return self.run
 
-    def resultOf(self, run: EngineRun) -> EngineResult:
+    def resultOf(self, run: EngineRun) -> Prediction:
         return read_result(Path(run.state.outputs["segments"]).parent)
 
     def cancel(self) -> None:
@@ -323,7 +354,7 @@ class DoubleUNetSegmentLogic(ScriptedLoadableModuleLogic):
         return [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
 
     def importLabels(
-        self, labelsKji: np.ndarray, geometryNode, result: EngineResult, segmentationNode, voxels=None
+        self, labelsKji: np.ndarray, geometryNode, result: Prediction, segmentationNode, voxels=None
     ) -> list[str]:
         """Each label value as a new segment with a unique name, colour and terminology; returns their ids.
 
@@ -336,16 +367,16 @@ class DoubleUNetSegmentLogic(ScriptedLoadableModuleLogic):
         segmentation = segmentationNode.GetSegmentation()
         added = []
         for item in plan.items:
-            segmentId = segmentation.AddEmptySegment("", item.name, list(item.spec.color))
+            segmentId = segmentation.AddEmptySegment("", item.name, list(item.segment.slicer_color))
             segment = segmentation.GetSegment(segmentId)
-            segment.SetTerminology(item.spec.terminology)
+            segment.SetTerminology(item.segment.terminology)
             segment.SetNameAutoGenerated(False)
             mask = (labelsKji == item.value).astype(np.uint8)
             slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segmentationNode, segmentId, geometryNode)
             added.append(segmentId)
         return added
 
-    def importResult(self, result: EngineResult, segmentationNode, inputVolume):
+    def importResult(self, result: Prediction, segmentationNode, inputVolume):
         """The engine's label map into (a new or the given) segmentation; returns (segmentation, new ids)."""
         segmentationNode = self.prepareSegmentation(segmentationNode, inputVolume)
         labelNode = self.loadLabelmap(result.labelmap)
@@ -425,34 +456,14 @@ class DoubleUNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         combo = self.ui.modelComboBox
         combo.clear()
         try:
-            default, entries = self.logic.models()
+            default, models = self.logic.models()
         except (FileNotFoundError, ValueError, KeyError) as err:
             self.ui.statusLabel.text = f"Model catalog not found: {err}"
-            default, entries = "", []
-        for entry in entries:
-            combo.addItem(entry.label, entry.name)
-            combo.setItemData(combo.count - 1, entry.description, qt.Qt.ToolTipRole)
-            if entry.name == default:
-                combo.setCurrentIndex(combo.count - 1)
-        combo.insertSeparator(combo.count)
-        combo.addItem(CHOOSE_MODEL, "")
+            default, models = "", []
+        addModelItems(combo, models, default)
 
     def onModelActivated(self, index: int) -> None:
-        if self.ui.modelComboBox.itemData(index) != "":
-            return
-        path = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "DoubleU-Net bundle folder")
-        if not path:
-            path = qt.QFileDialog.getOpenFileName(
-                slicer.util.mainWindow(), "DoubleU-Net weights file", "", "PyTorch weights (*.pt *.pth)"
-            )
-        if not path:
-            self.ui.modelComboBox.setCurrentIndex(0)
-            return
-        entry = self.logic.customModel(path)
-        combo = self.ui.modelComboBox
-        combo.insertItem(0, entry.label, entry.name)
-        combo.setItemData(0, entry.description, qt.Qt.ToolTipRole)
-        combo.setCurrentIndex(0)
+        chooseCustomModel(self.ui.modelComboBox, index)
 
     def options(self) -> EngineOptions:
         return EngineOptions(

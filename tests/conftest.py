@@ -1,28 +1,17 @@
-"""Shared fixtures: the real sample data folder and small models the tests make themselves."""
+"""Shared fixtures: small models the tests make themselves (helpers live in ``helpers.py``)."""
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import pytest
-import torch
-from doubleunet_segment.networks.doubleunet import DoubleUNet
-
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("DOUBLEUNET_SAMPLES", REPO.parent / "shared" / "data"))
-
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"sample data folder {DATA} not found")
+from helpers import make_model
 
 
-def make_model(folder: Path, name: str, in_channels: int, out_channels: int, spec: dict) -> Path:
-    """Weights of a freshly initialised DoubleU-Net (seeded) with the sidecar spec the CLI reads."""
-    torch.manual_seed(0)
-    path = folder / f"{name}.pt"
-    torch.save(DoubleUNet(in_channels=in_channels, out_channels=out_channels).state_dict(), path)
-    (folder / f"{name}.json").write_text(json.dumps({"in_channels": in_channels, "out_channels": out_channels, **spec}))
-    return path
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    """A cache folder of this test's own, so precision and backend choices never leak between tests."""
+    monkeypatch.setenv("DOUBLEUNET_CACHE", str(tmp_path / "cache"))
 
 
 @pytest.fixture(scope="session")

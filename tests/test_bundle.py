@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DATA, REPO, needs_data
+from helpers import DATA, REPO, needs_data
 
 BUNDLE = REPO / "monai_bundle"
 CONFIGS = BUNDLE / "configs"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import highdicom as hd
@@ -12,13 +11,11 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from dicom_synth import SynthSeries, ras_affine, slice_dataset, write_series
 from doubleunet_segment.data.dicom_io import DicomSeriesError, SeriesRef, find_dicom_series, load_series, lps_to_ras
+from helpers import DATA
 from pydicom.data import get_testdata_file
 
-sys.path.insert(0, str(Path(__file__).parent))
-from dicom_synth import SynthSeries, ras_affine, slice_dataset, write_series  # noqa: E402
-
-DATA = Path("/work/shared/data")
 CT3 = DATA / "dcmqi-ct3slice-seg" / "ct-3slice"
 HIPPO = DATA / "msd-hippocampus" / "imagesTr" / "hippocampus_001.nii.gz"
 PYDICOM_TESTS = Path(get_testdata_file("CT_small.dcm")).parent

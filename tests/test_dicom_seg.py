@@ -14,15 +14,13 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from dicom_synth import SynthSeries, write_series
 from doubleunet_segment.data.dicom_io import DicomSeries, find_dicom_series, load_series, lps_to_ras
 from doubleunet_segment.data.dicom_seg import EmptySegmentationError, read_dicom_seg, write_dicom_seg
 from doubleunet_segment.segments import HIPPOCAMPUS_SEGMENTS, POLYP_SEGMENTS, SegmentInfo
+from helpers import DATA
 from pydicom.data import get_testdata_file
 
-sys.path.insert(0, str(Path(__file__).parent))
-from dicom_synth import SynthSeries, write_series  # noqa: E402
-
-DATA = Path("/work/shared/data")
 CT_DIR = DATA / "dcmqi-ct3slice-seg"
 HIPPO = DATA / "msd-hippocampus"
 BIN = Path(sys.executable).parent

@@ -1,5 +1,5 @@
 """torchrun with gloo and two CPU processes: DDP training follows the one-process loss curve, and
-sharded batch inference segments every case exactly once."""
+sharded batch inference segments every case exactly once (shard arguments: test_sharding.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import DATA, REPO, needs_data
-from doubleunet_segment.inference.sharding import shard_of
+from helpers import DATA, REPO, needs_data
 
 pytestmark = needs_data
 BUNDLE = REPO / "monai_bundle"
@@ -81,13 +80,3 @@ def test_sharded_inference_segments_every_case_once(tmp_path, hippo_model):
     finished = [e["case"] for e in events if e["event"] == "done"]
     assert sorted(finished) == sorted(p.name.split(".")[0] for p in images)  # each exactly once
     assert len({p.parent.name for p in (tmp_path / "out").glob("*/segmentation.nii.gz")}) == len(images)
-
-
-def test_shard_arguments(monkeypatch):
-    assert shard_of("1/4") == (1, 4)
-    monkeypatch.setenv("RANK", "1")
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert shard_of(None) == (1, 2)
-    for bad in ("4/4", "x"):
-        with pytest.raises(ValueError):
-            shard_of(bad)

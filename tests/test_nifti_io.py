@@ -1,9 +1,7 @@
-"""NIfTI / .seg.nrrd output with exact geometry, atomic writes and segment definitions."""
+"""NIfTI / .seg.nrrd reading and writing with exact geometry and Slicer's segment metadata."""
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 from pathlib import Path
 
@@ -12,13 +10,11 @@ import nrrd
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from doubleunet_segment.data.atomic import atomic_path, atomic_write_text, refuse_overwrite
 from doubleunet_segment.data.dicom_io import DicomSeries, load_series
 from doubleunet_segment.data.nifti_io import read_nifti, write_nifti, write_seg_nrrd
-from doubleunet_segment.segments import HIPPOCAMPUS_SEGMENTS, POLYP_SEGMENTS, SegmentInfo
-from pydicom.sr.codedict import codes
+from doubleunet_segment.segments import HIPPOCAMPUS_SEGMENTS
+from helpers import DATA
 
-DATA = Path("/work/shared/data")
 CT_DIR = DATA / "dcmqi-ct3slice-seg"
 HIPPO_IMAGE = DATA / "msd-hippocampus" / "imagesTr" / "hippocampus_001.nii.gz"
 
@@ -97,56 +93,3 @@ def test_seg_nrrd_for_slicer(tmp_path: Path, ct: DicomSeries, liver: np.ndarray)
     assert header["Segment0_Color"] == "0.862745 0.705882 0.235294"
     assert "~SCT^5366008^Hippocampus~SCT^255549009^Anterior~" in header["Segment0_Tags"]
     assert_same_sitk_geometry(sitk.ReadImage(str(path)), sitk.ReadImage(str(CT_DIR / "liver_seg.nrrd")))
-
-
-def test_segment_definitions_use_known_codes() -> None:
-    assert codes.SCT.Hippocampus.value == "5366008"
-    assert codes.SCT.PolypOfColon.value == POLYP_SEGMENTS[0].type[0]
-    assert codes.SCT.AnatomicalStructure.value == HIPPOCAMPUS_SEGMENTS[0].category[0]
-    assert codes.SCT.MorphologicallyAbnormalStructure.value == POLYP_SEGMENTS[0].category[0]
-    assert codes.SCT.Anterior.value == HIPPOCAMPUS_SEGMENTS[0].type_modifier[0]
-    assert codes.SCT.Posterior.value == HIPPOCAMPUS_SEGMENTS[1].type_modifier[0]
-    assert [s.value for s in HIPPOCAMPUS_SEGMENTS] == [1, 2] and POLYP_SEGMENTS[0].value == 1
-    for info in [*POLYP_SEGMENTS, *HIPPOCAMPUS_SEGMENTS]:
-        assert SegmentInfo.from_dict(json.loads(json.dumps(info.to_dict()))) == info
-
-
-# ------------------------------------------------------------------------------------------- atomic writes
-
-
-def test_refuse_overwrite_keeps_existing_file(tmp_path: Path) -> None:
-    target = tmp_path / "result.nii.gz"
-    target.write_bytes(b"previous result")
-    with pytest.raises(FileExistsError, match="overwrite=True"):
-        write_nifti(np.zeros((2, 2, 2), np.uint8), np.eye(4), target)
-    assert target.read_bytes() == b"previous result"
-    refuse_overwrite(tmp_path / "new.nii", overwrite=False)  # absent: fine
-    write_nifti(np.ones((2, 2, 2), np.uint8), np.eye(4), target, overwrite=True)
-    assert np.asarray(nib.load(target).dataobj).sum() == 8
-    assert [p.name for p in tmp_path.iterdir()] == ["result.nii.gz"]
-
-
-def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
-    target = tmp_path / "sub" / "report.json"
-    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
-        tmp.write_text('{"half": ')
-        assert tmp.parent == target.parent and tmp.name.endswith(".json")
-        raise RuntimeError("crash while writing")
-    assert list(target.parent.iterdir()) == []
-
-
-def test_target_appearing_during_write_is_not_replaced(tmp_path: Path) -> None:
-    target = tmp_path / "a.txt"
-    with pytest.raises(FileExistsError), atomic_path(target) as tmp:
-        tmp.write_text("mine")
-        target.write_text("someone else's")
-    assert target.read_text() == "someone else's"
-    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
-
-
-def test_atomic_text_permissions_follow_umask(tmp_path: Path) -> None:
-    path = atomic_write_text(tmp_path / "x.txt", "hello")
-    assert path.read_text() == "hello"
-    umask = os.umask(0)
-    os.umask(umask)
-    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -7,7 +7,6 @@ effect does, checking geometry, names, colours and terminology against the engin
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -15,43 +14,19 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
+from doubleunet_segment.data.nifti_io import write_seg_nrrd
+from doubleunet_segment.inference import protocol
+from doubleunet_segment.segments import HIPPOCAMPUS_SEGMENTS
+from DoubleUNetSegmentLib.bundle import find_bundle_root
+from DoubleUNetSegmentLib.commands import EngineOptions, cli_command, engine_environment, worker_command
+from DoubleUNetSegmentLib.events import EVENT_FIELDS, Event, RunState, failure_message
+from DoubleUNetSegmentLib.process import EngineProcess
+from DoubleUNetSegmentLib.segment_import import labels_from_probabilities, plan_import, read_result
+from helpers import DATA, REPO, needs_data
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "DoubleUNetSegment"))
+pytestmark = needs_data
 
-from doubleunet_segment.data.nifti_io import write_seg_nrrd  # noqa: E402
-from doubleunet_segment.networks.doubleunet import DoubleUNet  # noqa: E402
-from doubleunet_segment.segments import HIPPOCAMPUS_SEGMENTS  # noqa: E402
-from DoubleUNetSegmentLib.bundle import find_bundle_root  # noqa: E402
-from DoubleUNetSegmentLib.commands import EngineOptions, cli_command, engine_environment, worker_command  # noqa: E402
-from DoubleUNetSegmentLib.events import RunState, failure_message  # noqa: E402
-from DoubleUNetSegmentLib.process import EngineProcess  # noqa: E402
-from DoubleUNetSegmentLib.segment_import import (  # noqa: E402
-    labels_from_probabilities,
-    plan_import,
-    read_result,
-)
-
-HIPPO = Path("/work/shared/data/msd-hippocampus/imagesTr/hippocampus_001.nii.gz")
-SPEC = {
-    "in_channels": 1,
-    "out_channels": 3,
-    "normalization": "zscore",
-    "inplane": "sliding_window",
-    "roi_size": [64, 64],
-    "slice_axis": 2,
-    "segments": "hippocampus",
-}
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("model")
-    torch.manual_seed(0)
-    torch.save(DoubleUNet(in_channels=1, out_channels=3).state_dict(), folder / "m.pt")
-    (folder / "m.json").write_text(json.dumps(SPEC))
-    return folder / "m.pt"
+HIPPO = DATA / "msd-hippocampus" / "imagesTr" / "hippocampus_001.nii.gz"
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +41,7 @@ def slab(tmp_path_factory) -> Path:
 
 
 def env() -> dict[str, str]:
-    environment = engine_environment(find_bundle_root(ROOT / "DoubleUNetSegment"))
+    environment = engine_environment(find_bundle_root(REPO / "DoubleUNetSegment"))
     environment["OMP_NUM_THREADS"] = "2"
     return environment
 
@@ -85,8 +60,24 @@ def run_to_end(proc: EngineProcess, state: RunState, timeout: float = 120.0) -> 
     return events
 
 
-def test_panel_command_runs_the_real_cli_and_its_result_imports(model: Path, slab: Path, tmp_path: Path) -> None:
-    options = EngineOptions(model=str(model), device="cpu", batch_size=3, save_probabilities=True)
+def assert_protocol(events: list[Event]) -> None:
+    """What a real engine printed parses on the Slicer side, each event with exactly the fields documented.
+
+    The fields are checked against both definitions: the engine's (``protocol.check_event``) and the Slicer
+    side's mirror (``EVENT_FIELDS``); a JSON line that is no known event would have become a log line.
+    """
+    for event in events:
+        assert event.kind != "log" or not event.line.startswith("{"), f"not a protocol event: {event.line}"
+        if event.kind == "log":
+            continue
+        protocol.check_event(event.data)
+        required, optional = EVENT_FIELDS[event.kind]
+        fields = set(event.data) - {"event"}
+        assert set(required) <= fields <= {*required, *optional, "id"}, event.line
+
+
+def test_panel_command_runs_the_real_cli_and_its_result_imports(hippo_model: Path, slab: Path, tmp_path: Path) -> None:
+    options = EngineOptions(model=str(hippo_model), device="cpu", batch_size=3, save_probabilities=True)
     command = cli_command(sys.executable, slab, tmp_path / "output", options)
     proc = EngineProcess(command, env=env())
     state = RunState()
@@ -94,6 +85,7 @@ def test_panel_command_runs_the_real_cli_and_its_result_imports(model: Path, sla
     assert proc.returncode == 0, proc.stderr_text()
     kinds = [e.kind for e in events]
     assert kinds[0] == "device" and kinds[-1] == "done" and "start" in kinds and "progress" in kinds
+    assert_protocol(events)
     assert state.device == "cpu" and state.device_reason == "CPU requested" and state.percent == 100
     done = [e.data["done"] for e in events if e.kind == "progress"]
     assert done == sorted(done) and done[-1] == 3
@@ -101,7 +93,7 @@ def test_panel_command_runs_the_real_cli_and_its_result_imports(model: Path, sla
     result = read_result(Path(state.outputs["segments"]).parent)
     assert result.folder == tmp_path / "output" / "input"
     assert [s.name for s in result.segments] == [s.name for s in HIPPOCAMPUS_SEGMENTS]
-    assert result.segments[0].color == tuple(c / 255 for c in HIPPOCAMPUS_SEGMENTS[0].color)
+    assert [s.to_dict() for s in result.segments] == [s.to_dict() for s in HIPPOCAMPUS_SEGMENTS]
     labelmap, source = nib.load(result.labelmap), nib.load(slab)
     assert labelmap.shape == source.shape and np.allclose(labelmap.affine, source.affine)
     labels = np.asarray(labelmap.dataobj)
@@ -123,8 +115,8 @@ def test_panel_command_runs_the_real_cli_and_its_result_imports(model: Path, sla
 
 
 def test_shipped_hippocampus_result_rethresholds_to_its_one_piece_labels(tmp_path: Path) -> None:
-    case = Path("/work/shared/data/msd-hippocampus/imagesTr/hippocampus_037.nii.gz")  # islands without the rule
-    if not (find_bundle_root(ROOT / "DoubleUNetSegment") / "models" / "hippocampus.pt").is_file():
+    case = DATA / "msd-hippocampus" / "imagesTr" / "hippocampus_037.nii.gz"  # islands without the rule
+    if not (find_bundle_root(REPO / "DoubleUNetSegment") / "models" / "hippocampus.pt").is_file():
         pytest.fail("the shipped hippocampus weights are missing")
     options = EngineOptions(model="hippocampus", device="cpu", save_probabilities=True)
     proc = EngineProcess(cli_command(sys.executable, case, tmp_path / "out", options), env=env())
@@ -148,20 +140,22 @@ def test_engine_errors_reach_the_user(slab: Path, tmp_path: Path) -> None:
     assert "none.pt" in failure_message(state, proc.returncode, proc.stderr_text())
 
 
-def test_worker_keeps_the_model_and_answers_slice_requests(model: Path, slab: Path, tmp_path: Path) -> None:
-    command = worker_command(sys.executable, EngineOptions(model=str(model), device="cpu"))
+def test_worker_keeps_the_model_and_answers_slice_requests(hippo_model: Path, slab: Path, tmp_path: Path) -> None:
+    command = worker_command(sys.executable, EngineOptions(model=str(hippo_model), device="cpu"))
     proc = EngineProcess(command, env=env(), stdin=True)
     try:
         state = RunState()
         deadline = time.monotonic() + 120
 
         seen: list = []
+        printed: list[Event] = []
 
         def wait_for(kind: str, request: str | None = None) -> dict:
             while time.monotonic() < deadline:
                 for event in proc.poll():
                     state.apply(event)
                     seen.append(event)
+                    printed.append(event)
                 for i, event in enumerate(seen):
                     if event.kind == kind and (request is None or event.data.get("id") == request):
                         del seen[: i + 1]
@@ -195,6 +189,8 @@ def test_worker_keeps_the_model_and_answers_slice_requests(model: Path, slab: Pa
         assert "outside the volume" in error["message"]
         wait_for("idle", "bad")
         assert proc.running()  # a bad request does not end the worker
+        assert {e.kind for e in printed} >= {"device", "ready", "start", "progress", "done", "error", "idle"}
+        assert_protocol(printed)
     finally:
         proc.close()
     assert proc.returncode == 0 and not proc.cancelled

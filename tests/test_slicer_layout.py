@@ -16,11 +16,14 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
+from helpers import REPO
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 MODULE = ROOT / "DoubleUNetSegment"
-CHECKER = Path("/work/shared/slicer-api/check_slicer_api.py")
+BUNDLE = ROOT / "monai_bundle"
+CHECKER = REPO.parent / "shared" / "slicer-api" / "check_slicer_api.py"  # the read-only folder beside the checkout
 
 
 def cmake_sets(text: str) -> dict[str, list[str]]:
@@ -72,6 +75,39 @@ def test_module_cmakelists_lists_every_file_and_only_existing_ones() -> None:
     assert (MODULE / "../monai_bundle/models/catalog.json").is_file()
 
 
+def cmake_globs(text: str, variable: str, source_dir: Path) -> set[str]:
+    """The files ``file(GLOB|GLOB_RECURSE <variable> RELATIVE ${BUNDLE_SOURCE_DIR} patterns...)`` would list.
+
+    As CMake evaluates it: GLOB matches ``dir/pattern`` in ``dir`` only, GLOB_RECURSE in ``dir`` and every
+    folder below it; paths come back relative to ``source_dir`` (``${BUNDLE_SOURCE_DIR}``).
+    """
+    found: set[str] = set()
+    calls = re.findall(rf"file\(\s*(GLOB|GLOB_RECURSE)\s+{variable}\s+RELATIVE\s+\S+\s+([^)]*)\)", text)
+    assert calls, f"no file(GLOB ...) sets {variable}"
+    for mode, patterns in calls:
+        for pattern in patterns.split():
+            path = Path(pattern.replace("${BUNDLE_SOURCE_DIR}", str(source_dir)))
+            matches = path.parent.rglob(path.name) if mode == "GLOB_RECURSE" else path.parent.glob(path.name)
+            found |= {m.relative_to(source_dir).as_posix() for m in matches if m.is_file()}
+    return found
+
+
+def test_extension_packages_every_engine_module() -> None:
+    """Every module of the engine package, subpackages included, is in what CMake copies next to the module."""
+    text = (MODULE / "CMakeLists.txt").read_text()
+    assert "set(BUNDLE_SOURCE_DIR ${CMAKE_CURRENT_SOURCE_DIR}/../monai_bundle)" in text
+    packaged = cmake_globs(text, "BUNDLE_PYTHON_SCRIPTS", BUNDLE)
+    engine = {
+        p.relative_to(BUNDLE).as_posix()
+        for p in (BUNDLE / "doubleunet_segment").rglob("*.py")
+        if "__pycache__" not in p.parts
+    }
+    assert {"doubleunet_segment/inference/worker.py", "doubleunet_segment/inference/protocol.py"} <= engine
+    assert {p.split("/")[1] for p in engine if p.count("/") > 1} >= {"networks", "data", "inference", "training"}
+    assert engine <= packaged, sorted(engine - packaged)
+    assert 'SCRIPTS "${BUNDLE_PYTHON_SCRIPTS}"' in text
+
+
 def test_testing_folder_registers_python_tests() -> None:
     assert "add_subdirectory(Python)" in (MODULE / "Testing/CMakeLists.txt").read_text()
     text = (MODULE / "Testing/Python/CMakeLists.txt").read_text()
@@ -89,6 +125,7 @@ def test_all_extension_python_compiles(tmp_path: Path) -> None:
         py_compile.compile(str(path), cfile=str(tmp_path / f"{i}.pyc"), doraise=True)
 
 
+@pytest.mark.skipif(not CHECKER.is_file(), reason=f"Slicer API checker {CHECKER} not found")
 def test_slicer_api_names_exist() -> None:
     result = subprocess.run([sys.executable, str(CHECKER), str(MODULE)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -15,18 +15,16 @@ import numpy as np
 import psutil
 import pytest
 import torch
+from doubleunet_segment.catalog import read_catalog
+from doubleunet_segment.transforms import ProbabilitiesToLabels, keep_largest_components
+from DoubleUNetSegmentLib import bundle, requirements, segment_import, workspace
+from DoubleUNetSegmentLib.events import RunState, failure_message, parse_line
+from DoubleUNetSegmentLib.poller import EventPoller
+from DoubleUNetSegmentLib.process import EngineProcess, kill_process_tree
+from helpers import DATA, REPO, needs_data
 from packaging.requirements import Requirement
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "DoubleUNetSegment"))
-
-from doubleunet_segment.catalog import read_catalog  # noqa: E402
-from doubleunet_segment.transforms import ProbabilitiesToLabels, keep_largest_components  # noqa: E402
-from DoubleUNetSegmentLib import bundle, requirements, segment_import, workspace  # noqa: E402
-from DoubleUNetSegmentLib.events import RunState, failure_message, parse_line  # noqa: E402
-from DoubleUNetSegmentLib.process import EngineProcess, kill_process_tree  # noqa: E402
-
-HIPPO = Path("/work/shared/data/msd-hippocampus/imagesTr/hippocampus_001.nii.gz")
+HIPPO = DATA / "msd-hippocampus" / "imagesTr" / "hippocampus_001.nii.gz"
 
 # A parent that starts a child which starts a grandchild; each sleeps. Prints the pids, then waits.
 TREE = """
@@ -86,8 +84,8 @@ def test_unique_names_never_reuse_an_existing_segment_name() -> None:
     assert segment_import.unique_name("Polyp", ["Polyp"]) == "Polyp 2"
     assert segment_import.unique_name("Polyp", ["Polyp", "Polyp 2", "Polyp 3"]) == "Polyp 4"
     specs = [
-        segment_import.SegmentSpec(1, "Anterior hippocampus", (1, 0, 0), ("1", "SCT", "a"), ("2", "SCT", "b")),
-        segment_import.SegmentSpec(2, "Posterior hippocampus", (0, 1, 0), ("1", "SCT", "a"), ("3", "SCT", "c")),
+        segment_import.SegmentInfo(1, "Anterior hippocampus", (255, 0, 0), ("1", "SCT", "a"), ("2", "SCT", "b")),
+        segment_import.SegmentInfo(2, "Posterior hippocampus", (0, 255, 0), ("1", "SCT", "a"), ("3", "SCT", "c")),
     ]
     plan = segment_import.plan_import(specs, ["Anterior hippocampus", "Liver"])
     assert [(i.value, i.name) for i in plan.items] == [(1, "Anterior hippocampus 2"), (2, "Posterior hippocampus")]
@@ -114,6 +112,7 @@ def test_rethreshold_matches_the_engine_and_is_monotone() -> None:
         segment_import.labels_from_probabilities(binary, 1.0)
 
 
+@needs_data
 def test_slice_in_view_and_roi_on_a_real_volume_geometry() -> None:
     image = nib.load(HIPPO)
     affine, shape = image.affine, image.shape
@@ -146,8 +145,8 @@ def test_terminology_entry_has_slicer_layout() -> None:
 
 
 def test_bundle_is_found_from_the_module_folder_and_lists_the_catalog(tmp_path: Path) -> None:
-    root = bundle.find_bundle_root(ROOT / "DoubleUNetSegment", environ={})
-    assert root == (ROOT / "monai_bundle").resolve()
+    root = bundle.find_bundle_root(REPO / "DoubleUNetSegment", environ={})
+    assert root == (REPO / "monai_bundle").resolve()
     default, entries = bundle.read_catalog(root)
     assert default == "polyp"
     catalog = read_catalog()
@@ -160,8 +159,29 @@ def test_bundle_is_found_from_the_module_folder_and_lists_the_catalog(tmp_path: 
         bundle.find_bundle_root(tmp_path, environ={})
     weights = tmp_path / "mine.pt"
     weights.write_bytes(b"")
-    assert bundle.custom_model_entry(weights).available
-    assert not bundle.custom_model_entry(tmp_path).available  # a folder without a catalog
+    assert bundle.custom_model_spec(weights).available
+    assert not bundle.custom_model_spec(tmp_path).available  # a folder without a catalog
+
+
+def test_custom_model_choice_asks_for_a_folder_then_a_file(tmp_path: Path) -> None:
+    """The flow the panel and the effect share: folder dialog first, file dialog only when it was cancelled."""
+    folder = tmp_path / "my_bundle"
+    (folder / "models").mkdir(parents=True)
+    (folder / "models" / "catalog.json").write_text('{"default": "a", "models": {}}')
+    weights = tmp_path / "mine.pt"
+    weights.write_bytes(b"")
+    asked: list[str] = []
+
+    def dialog(name: str, answer: str):
+        return lambda: asked.append(name) or answer
+
+    spec = bundle.choose_custom_model(dialog("folder", str(folder)), dialog("file", str(weights)))
+    assert asked == ["folder"] and spec == bundle.custom_model_spec(folder)
+    assert spec.name == str(folder) and spec.available and spec.label == "my_bundle (folder)"
+    asked.clear()
+    spec = bundle.choose_custom_model(dialog("folder", ""), dialog("file", str(weights)))
+    assert asked == ["folder", "file"] and spec.name == str(weights) and spec.weights == weights
+    assert bundle.choose_custom_model(dialog("folder", ""), dialog("file", "")) is None
 
 
 def test_rethreshold_keeps_the_largest_pieces_exactly_as_the_engine() -> None:
@@ -173,7 +193,10 @@ def test_rethreshold_keeps_the_largest_pieces_exactly_as_the_engine() -> None:
     as_stored = np.moveaxis(multi, 0, -1)
     plain = segment_import.labels_from_probabilities(as_stored, 0.5)
     kept = segment_import.labels_from_probabilities(as_stored, 0.5, largest_component=True)
-    assert np.array_equal(kept, keep_largest_components(ProbabilitiesToLabels(0.5)(multi), classes=2))
+    engine = keep_largest_components(ProbabilitiesToLabels(0.5)(multi), classes=2)
+    assert np.array_equal(kept, engine)
+    plain_labels = ProbabilitiesToLabels(0.5)(multi)  # the twin functions, called the same way
+    assert np.array_equal(segment_import.keep_largest_components(plain_labels, 2), engine)
     assert (kept > 0).sum() < (plain > 0).sum() and set(np.unique(kept)) == {0, 1, 2}
     binary = multi[1]
     assert np.array_equal(
@@ -185,10 +208,10 @@ def test_rethreshold_keeps_the_largest_pieces_exactly_as_the_engine() -> None:
 def test_requirements_are_pinned_as_in_pyproject_and_cover_the_engine() -> None:
     import tomllib
 
-    reqs = requirements.load_requirements(ROOT / "DoubleUNetSegment/Resources/requirements.txt")
+    reqs = requirements.load_requirements(REPO / "DoubleUNetSegment/Resources/requirements.txt")
     project = {
         Requirement(r).name.lower(): Requirement(r)
-        for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+        for r in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     }
     for req in reqs:
         assert req.name.lower() in project, f"{req.name} is not a project dependency"
@@ -267,3 +290,24 @@ def test_engine_process_reads_output_written_right_before_exit() -> None:
         time.sleep(0.01)
     events += proc.poll()
     assert [e.data["done"] for e in events] == list(range(50)) and proc.returncode == 0
+
+
+def test_poller_applies_logs_dispatches_and_finishes_after_the_last_line(caplog) -> None:
+    """The one poller of the panel and the effect: every line arrives, in order, before ``finished``."""
+    code = (
+        "import json; print('a stray print'); "
+        "print(json.dumps({'event': 'start', 'case': 'c', 'total': 40})); "
+        "[print(json.dumps({'event': 'progress', 'case': 'c', 'done': i, 'total': 40})) for i in range(1, 41)]; "
+        "print(json.dumps({'event': 'done', 'case': 'c', 'seconds': 0.1, 'outputs': {'segments': 's.json'}}))"
+    )
+    seen = []
+    poller = EventPoller(EngineProcess([sys.executable, "-c", code]), on_event=seen.append, source="test")
+    returned = []
+    with caplog.at_level("INFO", logger="DoubleUNetSegmentLib.poller"):
+        while not poller.finished:
+            returned += poller.poll()
+            time.sleep(0.01)
+    assert [e.kind for e in returned] == [e.kind for e in seen] == ["log", "start", *["progress"] * 40, "done"]
+    assert poller.state.percent == 100 and poller.state.outputs == {"segments": "s.json"}
+    assert "DoubleU-Net test: a stray print" in caplog.text
+    assert poller.poll() == []  # nothing after the end

@@ -4,8 +4,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import DATA, needs_data
 from doubleunet_segment.transforms import add_slice_context, keep_largest_components, normalize, probabilities_to_labels
+from helpers import DATA, needs_data
 from monai.transforms import NormalizeIntensity
 
 

@@ -3,6 +3,14 @@
 The CLI and the worker print one JSON object per line (``device``, ``note``, ``start``, ``progress``,
 ``done``, ``error``; the worker adds ``ready`` and ``idle``). Anything else on stdout (a library's stray
 print) is kept as a log line, never a crash.
+
+The events and their fields are defined by the engine, in ``doubleunet_segment/inference/protocol.py``.
+:data:`EVENT_FIELDS` mirrors that table instead of importing it, on purpose: this module runs in 3D Slicer's
+own process, which does not have the bundle folder on ``sys.path`` (only the engine subprocess gets it, through
+``PYTHONPATH``), and the module panel must load and say what is wrong even when no bundle can be found.
+Importing would mean editing Slicer's ``sys.path`` at import time, putting a package whose other modules need
+torch into Slicer's interpreter. ``tests/test_slicer_protocol.py`` checks that the mirror equals the engine's
+table and that what a real CLI and worker print parses here with those fields.
 """
 
 from __future__ import annotations
@@ -11,7 +19,18 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-KNOWN_EVENTS = {"device", "note", "start", "progress", "done", "error", "ready", "idle"}
+# event -> (fields it always carries, fields it may carry); ``id`` (the worker's request) may come with any of them
+EVENT_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "device": (("device", "reason"), ()),
+    "note": (("message",), ("case",)),
+    "start": (("case", "total"), ()),
+    "progress": (("case", "done", "total"), ()),
+    "done": (("case", "seconds", "outputs"), ()),
+    "error": (("message",), ("case",)),
+    "ready": (("model", "slice_axis", "threshold", "segments"), ()),
+    "idle": (("id",), ()),
+}
+KNOWN_EVENTS = frozenset(EVENT_FIELDS)
 
 
 @dataclass

@@ -4,6 +4,11 @@ The effect and the panel read the engine's ``segments.json`` and label map back 
 user already works on. They must never delete or overwrite the user's segments, so every new segment gets
 a name not yet taken; and each keeps the DICOM codes from the engine so a DICOM SEG export carries them.
 Arrays here are in NIfTI voxel order (I, J, K) unless named ``*_kji`` (Slicer's ``arrayFromVolume`` order).
+
+Concepts the engine also has carry the engine's names and fields: :class:`SegmentInfo`
+(``doubleunet_segment.segments``), :class:`Prediction` (a ``doubleunet_segment`` ``Prediction`` as written to
+a case folder) and :func:`keep_largest_components` (``doubleunet_segment.transforms``). They are re-implemented,
+not imported, because Slicer's own process has no torch and no bundle on ``sys.path``.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,16 +26,51 @@ TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 
 
+Code3 = tuple[str, str, str]  # (code value, coding scheme designator, code meaning), as the engine writes codes
+
+
 @dataclass(frozen=True)
-class SegmentSpec:
-    """One label value of the engine's label map, as segments.json describes it."""
+class SegmentInfo:
+    """One label value of the engine's label map, as segments.json describes it (the engine's ``SegmentInfo``)."""
 
     value: int
     name: str
-    color: tuple[float, float, float]  # 0-1, as vtkSegment.SetColor takes it
-    category: tuple[str, str, str]  # (code value, scheme, meaning), as the engine writes codes
-    type: tuple[str, str, str]
-    type_modifier: tuple[str, str, str] | None = None
+    color: tuple[int, int, int]  # RGB 0-255, as the engine stores it
+    category: Code3
+    type: Code3
+    type_modifier: Code3 | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SegmentInfo:
+        """One entry of segments.json (the engine's ``SegmentInfo.to_dict``)."""
+        modifier = data.get("type_modifier")
+        return cls(
+            value=int(data["value"]),
+            name=str(data["name"]),
+            color=tuple(int(c) for c in data["color"]),  # type: ignore[arg-type]
+            category=tuple(str(c) for c in data["category"]),  # type: ignore[arg-type]
+            type=tuple(str(c) for c in data["type"]),  # type: ignore[arg-type]
+            type_modifier=tuple(str(c) for c in modifier) if modifier else None,  # type: ignore[arg-type]
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Inverse of :meth:`from_dict`, the engine's JSON form (lists instead of tuples)."""
+        out: dict[str, Any] = {
+            "value": self.value,
+            "name": self.name,
+            "color": list(self.color),
+            "category": list(self.category),
+            "type": list(self.type),
+        }
+        if self.type_modifier is not None:
+            out["type_modifier"] = list(self.type_modifier)
+        return out
+
+    @property
+    def slicer_color(self) -> tuple[float, float, float]:
+        """RGB 0-1, as ``vtkSegmentation.AddEmptySegment`` and ``vtkSegment.SetColor`` take it."""
+        r, g, b = (c / 255.0 for c in self.color)
+        return (r, g, b)
 
     @property
     def terminology(self) -> str:
@@ -37,11 +78,11 @@ class SegmentSpec:
 
 
 @dataclass
-class EngineResult:
-    """What one case folder of the engine holds."""
+class Prediction:
+    """The engine's prediction for one case as its case folder holds it (segments.json and the files it names)."""
 
     folder: Path
-    segments: list[SegmentSpec]
+    segments: list[SegmentInfo]
     labelmap: Path
     probabilities: Path | None
     model: str = ""
@@ -67,24 +108,14 @@ def terminology_entry(category: Sequence[str], type_: Sequence[str], type_modifi
     )
 
 
-def read_result(folder: str | Path) -> EngineResult:
+def read_result(folder: str | Path) -> Prediction:
     """The engine's case folder (``segments.json`` plus the files it names)."""
     folder = Path(folder)
     info = json.loads((folder / "segments.json").read_text(encoding="utf-8"))
-    segments = [
-        SegmentSpec(
-            value=int(s["value"]),
-            name=str(s["name"]),
-            color=tuple(float(c) / 255.0 for c in s["color"]),  # type: ignore[arg-type]
-            category=tuple(s["category"]),  # type: ignore[arg-type]
-            type=tuple(s["type"]),  # type: ignore[arg-type]
-            type_modifier=tuple(s["type_modifier"]) if s.get("type_modifier") else None,  # type: ignore[arg-type]
-        )
-        for s in info["segments"]
-    ]
+    segments = [SegmentInfo.from_dict(s) for s in info["segments"]]
     files = info.get("files", {})
     probabilities = folder / files["probabilities"] if "probabilities" in files else None
-    return EngineResult(
+    return Prediction(
         folder=folder,
         segments=segments,
         labelmap=folder / files.get("nifti", "segmentation.nii.gz"),
@@ -115,7 +146,7 @@ class ImportItem:
 
     value: int
     name: str
-    spec: SegmentSpec
+    segment: SegmentInfo
 
 
 @dataclass
@@ -126,7 +157,7 @@ class ImportPlan:
 
 
 def plan_import(
-    segments: Sequence[SegmentSpec],
+    segments: Sequence[SegmentInfo],
     existing_names: Iterable[str],
     voxels: dict[str, int] | None = None,
     into_segment: str | None = None,
@@ -135,13 +166,13 @@ def plan_import(
     """Which label becomes which segment; empty labels are skipped (and reported) unless ``keep_empty``."""
     taken = set(existing_names)
     items, skipped = [], []
-    for spec in segments:
-        if voxels is not None and voxels.get(spec.name, 1) == 0 and not keep_empty:
-            skipped.append(spec.name)
+    for segment in segments:
+        if voxels is not None and voxels.get(segment.name, 1) == 0 and not keep_empty:
+            skipped.append(segment.name)
             continue
-        name = spec.name if into_segment else unique_name(spec.name, taken)
+        name = segment.name if into_segment else unique_name(segment.name, taken)
         taken.add(name)
-        items.append(ImportItem(spec.value, name, spec))
+        items.append(ImportItem(segment.value, name, segment))
     return ImportPlan(items, into_segment, skipped)
 
 
@@ -159,22 +190,25 @@ def labels_from_probabilities(
         raise ValueError(f"threshold must lie between 0 and 1, got {threshold}")
     p = np.asarray(probabilities, dtype=np.float32)
     if p.ndim == 3:
-        labels = (p >= threshold).astype(np.uint8)
+        labels, classes = (p >= threshold).astype(np.uint8), 1
     elif p.ndim == 4:
         weighted = p.copy()
         weighted[..., 0] *= threshold / (1.0 - threshold)
-        labels = weighted.argmax(axis=-1).astype(np.uint8)
+        labels, classes = weighted.argmax(axis=-1).astype(np.uint8), p.shape[-1] - 1
     else:
         raise ValueError(f"expected (I, J, K) or (I, J, K, C) probabilities, got shape {p.shape}")
-    return keep_largest_pieces(labels) if largest_component else labels
+    return keep_largest_components(labels, classes) if largest_component else labels
 
 
-def keep_largest_pieces(labels: np.ndarray) -> np.ndarray:
-    """Each non-zero label keeps only its largest 26-connected piece (scipy here: Slicer's process has no torch)."""
+def keep_largest_components(labels: np.ndarray, classes: int) -> np.ndarray:
+    """Each label value 1..classes keeps only its largest 26-connected piece, as the engine's function of that name.
+
+    scipy here instead of the engine's MONAI transform: Slicer's own process has no torch.
+    """
     from scipy import ndimage
 
     out = labels.copy()
-    for value in np.unique(labels[labels > 0]):
+    for value in range(1, classes + 1):
         pieces, count = ndimage.label(labels == value, structure=np.ones((3, 3, 3)))
         if count > 1:
             largest = np.bincount(pieces.ravel())[1:].argmax() + 1

@@ -1,40 +1,41 @@
 """Segment Editor effect "DoubleU-Net": preview a slice in about a second, re-threshold instantly, apply.
 
 A persistent engine process (``doubleunet_segment.inference.worker``) keeps the model loaded, so Preview costs one
-slice of inference, not a model load. The effect keeps the probability map of the last result: moving the
-threshold slider recomputes the labels from it in Slicer without running the network again. Applying saves
-the segmentation state first, so the Segment Editor's Undo takes the result back.
+slice of inference, not a model load; ``DoubleUNetSegmentLib.worker_session.WorkerSession`` runs it (start,
+queue, send, poll, wait, close), and this file only turns nodes into its requests and its results into
+segments. The effect keeps the probability map of the last result: moving the threshold slider recomputes the
+labels from it in Slicer without running the network again. Applying saves the segmentation state first, so
+the Segment Editor's Undo takes the result back.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import time
-from pathlib import Path
 
 import numpy as np
 import qt
 import slicer
 from DoubleUNetSegmentLib.commands import EngineOptions
 from DoubleUNetSegmentLib.events import RunState
+from DoubleUNetSegmentLib.process import EngineProcess
 from DoubleUNetSegmentLib.segment_import import (
+    Prediction,
     ijk_box,
     labels_from_probabilities,
     mask_outside,
-    read_result,
     slice_index,
     to_kji,
     view_is_along_axis,
 )
-from DoubleUNetSegmentLib.workspace import remove_workspace
+from DoubleUNetSegmentLib.worker_session import PendingRequest, WorkerSession
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
-from DoubleUNetSegment import CHOOSE_MODEL, DEVICE_CHOICES, DoubleUNetSegmentLogic
+from DoubleUNetSegment import DEVICE_CHOICES, DoubleUNetSegmentLogic, addModelItems, chooseCustomModel
 
 SCOPES = [("Whole volume", "volume"), ("Slice in view", "slice"), ("Inside ROI", "roi")]
 OUTPUTS = [("New segments", "new"), ("Add to selected segment", "selected")]
 PREVIEW_OPACITY = 0.6
+POLL_MS = 100  # Preview answers in about a second: poll the worker more often than the panel polls a batch run
 
 
 class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
@@ -46,20 +47,18 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         scriptedEffect.requireSegments = False
         AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
         self.logic = DoubleUNetSegmentLogic()
-        self.worker = None
-        self.workerKey = None
-        self.workerInfo: dict = {}
-        self.workerState = RunState()
+        self.session = WorkerSession(
+            self.startWorkerProcess,
+            self.logic.newWorkspace,
+            on_result=self.onResult,
+            on_failure=self.showFailure,
+            on_update=self.onWorkerUpdate,
+        )
         self.timer = None
-        self.workspace: Path | None = None
-        self.sourceKey = None
-        self.requestCount = 0
-        self.pending: dict | None = None  # the request in flight and what to do with its result
-        self.queued = []  # actions waiting for the worker to be ready
         self.previewProbabilities: np.ndarray | None = None
         self.previewGeometryNode = None
-        self.previewResult = None
-        self.previewRequest: dict | None = None
+        self.previewResult: Prediction | None = None
+        self.previewRequest: PendingRequest | None = None
         self.previewBox = None
         self.previewSegmentationNode = None
         self.lastSliceWidget = None
@@ -88,12 +87,10 @@ Undo takes it back. The first use may offer to install PyTorch and MONAI into Sl
     def setupOptionsFrame(self) -> None:
         self.modelComboBox = qt.QComboBox()
         try:
-            default, entries = self.logic.models()
+            default, models = self.logic.models()
         except (FileNotFoundError, ValueError, KeyError):
-            default, entries = "", []
-        for entry in entries:
-            self.modelComboBox.addItem(entry.label, entry.name)
-        self.modelComboBox.addItem(CHOOSE_MODEL, "")
+            default, models = "", []
+        addModelItems(self.modelComboBox, models)  # which one is selected comes from the parameter node
         self.defaultModel = default
         self.modelComboBox.setToolTip("Shipped model, or a DoubleU-Net bundle folder / weights file")
         self.scriptedEffect.addLabeledOptionsWidget("Model:", self.modelComboBox)
@@ -204,20 +201,11 @@ Undo takes it back. The first use may offer to install PyTorch and MONAI into Sl
         self.scriptedEffect.setParameter("TTA", 1 if self.ttaCheckBox.checked else 0)
 
     def onModelActivated(self, index: int) -> None:
-        if self.modelComboBox.itemData(index) == "":
-            path = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "DoubleU-Net bundle folder")
-            if not path:
-                path = qt.QFileDialog.getOpenFileName(
-                    slicer.util.mainWindow(), "DoubleU-Net weights file", "", "PyTorch weights (*.pt *.pth)"
-                )
-            if path:
-                entry = self.logic.customModel(path)
-                self.modelComboBox.insertItem(0, entry.label, entry.name)
-            self.modelComboBox.setCurrentIndex(0)
+        chooseCustomModel(self.modelComboBox, index)
         self.updateMRMLFromGUI()
 
     def updateButtons(self) -> None:
-        busy = self.pending is not None or bool(self.queued)
+        busy = self.session.busy
         self.previewButton.enabled = not busy
         self.applyButton.enabled = not busy
         self.cancelButton.enabled = busy or self.previewProbabilities is not None
@@ -247,38 +235,27 @@ Undo takes it back. The first use may offer to install PyTorch and MONAI into Sl
             save_probabilities=True,
         )
 
-    def ensureWorker(self) -> None:
-        """Start (or restart, when model/device/TTA changed) the persistent engine."""
-        options = self.options()
-        key = (options.model, options.device, options.tta)
-        if self.worker is not None and self.worker.running() and key == self.workerKey:
-            return
-        self.closeWorker()
+    def startWorkerProcess(self, options: EngineOptions) -> EngineProcess:
+        """The session's way to start the worker: Python packages first (may ask to install), then the process."""
         self.logic.ensureDependencies()
-        self.workspace = self.logic.newWorkspace()
-        self.worker = self.logic.startWorker(options)
-        self.workerKey = key
-        self.workerInfo = {}
-        self.workerState = RunState()
-        self.timer = qt.QTimer()
-        self.timer.setInterval(100)
-        self.timer.connect("timeout()", self.pollWorker)
+        return self.logic.startWorker(options)
+
+    def ensureWorker(self) -> None:
+        """Start (or restart, when model/device/TTA changed) the persistent engine, polled by a Qt timer."""
+        if not self.session.ensure(self.options()):
+            return
+        if self.timer is None:
+            self.timer = qt.QTimer()
+            self.timer.setInterval(POLL_MS)
+            self.timer.connect("timeout()", self.pollWorker)
         self.timer.start()
         self.statusLabel.text = "Loading the model (first time only)..."
 
     def closeWorker(self) -> None:
+        """Stop the engine and delete its temporary files."""
         if self.timer is not None:
             self.timer.stop()
-            self.timer = None
-        if self.worker is not None:
-            self.worker.close()
-            self.worker = None
-        self.pending = None
-        self.queued = []
-        self.sourceKey = None
-        if self.workspace is not None:
-            remove_workspace(self.workspace)
-            self.workspace = None
+        self.session.close()
 
     def sourceVolume(self):
         volume = self.scriptedEffect.parameterSetNode().GetSourceVolumeNode()
@@ -286,71 +263,34 @@ Undo takes it back. The first use may offer to install PyTorch and MONAI into Sl
             raise RuntimeError("Select a source volume in the Segment Editor first.")
         return volume
 
-    def sourceFile(self, volume) -> Path:
-        """The source volume on disk for the worker, rewritten only when the volume changed."""
-        key = (volume.GetID(), volume.GetImageData().GetMTime())
-        path = self.workspace / "source.nii"
-        if key != self.sourceKey:
-            self.logic.writeVolume(volume, path)
-            self.sourceKey = key
-        return path
-
     def whenReady(self, action) -> None:
         """Run ``action`` once the worker has loaded the model (its slice axis is needed to plan requests)."""
-        self.queued.append(action)
+        self.session.when_ready(action)
         self.updateButtons()
-        self.pollWorker()
 
-    def send(self, purpose: str, slices, extra: dict | None = None) -> None:
+    def send(self, purpose: str, slices, context: dict | None = None) -> None:
+        """The source volume (written only when it changed) to the worker, all of it or ``slices`` [k0, k1)."""
         volume = self.sourceVolume()
-        self.requestCount += 1
-        request = {
-            "id": str(self.requestCount),
-            "input": str(self.sourceFile(volume)),
-            "output": str(self.workspace / "results"),
-            "name": f"r{self.requestCount}",
-            "slices": list(slices) if slices else None,
-            "save_probabilities": True,
-        }
-        self.pending = {"purpose": purpose, "request": request, "volume": volume, **(extra or {})}
-        self.workerState = RunState(device=self.workerState.device, device_reason=self.workerState.device_reason)
-        self.worker.send(request)
+        key = (volume.GetID(), volume.GetImageData().GetMTime())
+        source = self.session.source_file(key, lambda path: self.logic.writeVolume(volume, path))
+        self.session.send(purpose, source, slices, context)
         self.updateButtons()
 
     def pollWorker(self) -> None:
-        if self.worker is None:
-            return
-        for event in self.worker.poll():
-            if event.kind == "ready":
-                self.workerInfo = event.data
-            if event.kind == "log":
-                logging.info("DoubleU-Net worker: %s", event.line)
-            self.workerState.apply(event)
-            if event.kind == "idle" and self.pending and event.data.get("id") == self.pending["request"]["id"]:
-                self.onRequestFinished()
-        self.progressBar.value = self.workerState.percent
-        if self.workerState.status:
-            self.statusLabel.text = self.workerState.status
-        if self.workerInfo and self.pending is None and self.queued:
-            action = self.queued.pop(0)
-            try:
-                action()
-            except Exception as err:
-                self.fail(str(err))
-        if (
-            not self.worker.running()
-            and self.worker.finished()
-            and (self.pending or self.queued or not self.workerInfo)
-        ):
-            message = self.workerState.errors[-1] if self.workerState.errors else self.worker.stderr_text().strip()
-            self.closeWorker()
-            self.fail(message or "The DoubleU-Net engine stopped unexpectedly.")
+        """The timer's tick: the session reads the worker; the timer stops once the session was closed."""
+        self.session.poll()
+        if not self.session.active and self.timer is not None:
+            self.timer.stop()
         self.updateButtons()
 
-    def fail(self, message: str) -> None:
+    def onWorkerUpdate(self, state: RunState) -> None:
+        self.progressBar.value = state.percent
+        if state.status:
+            self.statusLabel.text = state.status
+
+    def showFailure(self, message: str) -> None:
+        """What the session reports as failed: in the status line, and in a message box outside self-tests."""
         self.errorText = message
-        self.pending = None
-        self.queued = []
         self.statusLabel.text = f"Failed: {message.splitlines()[-1] if message else ''}"
         self.updateButtons()
         if not slicer.app.testingEnabled():
@@ -358,14 +298,13 @@ Undo takes it back. The first use may offer to install PyTorch and MONAI into Sl
 
     def waitForWorker(self, timeoutSeconds: float = 600.0) -> None:
         """Block until the current request is answered (scripts and self-tests only)."""
-        deadline = time.monotonic() + timeoutSeconds
-        while self.pending is not None or self.queued:
-            slicer.app.processEvents()
-            self.pollWorker()
-            time.sleep(0.05)
-            if time.monotonic() > deadline:
-                self.onCancel()
-                raise RuntimeError("DoubleU-Net request timed out")
+        try:
+            self.session.wait(timeoutSeconds, pump=slicer.app.processEvents)
+        except TimeoutError:
+            self.onCancel()
+            raise RuntimeError("DoubleU-Net request timed out") from None
+        finally:
+            self.updateButtons()
 
     # --- user actions --------------------------------------------------------------------------------------
     def onPreview(self) -> None:
@@ -373,7 +312,7 @@ Undo takes it back. The first use may offer to install PyTorch and MONAI into Sl
         try:
             self.ensureWorker()
         except Exception as err:
-            self.fail(str(err))
+            self.session.fail(str(err))
             return
         self.whenReady(lambda: self.send("preview", self.sliceInView()))
 
@@ -386,7 +325,7 @@ Undo takes it back. The first use may offer to install PyTorch and MONAI into Sl
         try:
             self.ensureWorker()
         except Exception as err:
-            self.fail(str(err))
+            self.session.fail(str(err))
             return
         if scope == "slice":
             self.whenReady(lambda: self.send("apply", self.sliceInView()))
@@ -396,7 +335,7 @@ Undo takes it back. The first use may offer to install PyTorch and MONAI into Sl
             self.whenReady(lambda: self.send("apply", None))
 
     def onCancel(self) -> None:
-        if self.pending is not None or self.queued:
+        if self.session.busy:
             self.closeWorker()  # kills the whole engine process tree
             self.statusLabel.text = "Cancelled."
             self.progressBar.value = 0
@@ -410,7 +349,7 @@ Undo takes it back. The first use may offer to install PyTorch and MONAI into Sl
 
     # --- geometry ------------------------------------------------------------------------------------------
     def sliceAxis(self) -> int:
-        return int(self.workerInfo.get("slice_axis", 2))
+        return self.session.slice_axis
 
     def sliceInView(self) -> tuple[int, int]:
         volume = self.sourceVolume()
@@ -448,27 +387,22 @@ Undo takes it back. The first use may offer to install PyTorch and MONAI into Sl
         self.send("apply", (box[axis].start, box[axis].stop), {"box": box})
 
     def previewMatchesView(self) -> bool:
-        return self.previewRequest is not None and tuple(self.previewRequest["slices"] or ()) == self.sliceInView()
+        return self.previewRequest is not None and self.previewRequest.slices == self.sliceInView()
 
     # --- results -------------------------------------------------------------------------------------------
-    def onRequestFinished(self) -> None:
-        pending, self.pending = self.pending, None
-        state = self.workerState
-        if state.errors or "segments" not in state.outputs:
-            self.fail("\n".join(state.errors) or "The engine gave no result.")
-            return
+    def onResult(self, request: PendingRequest, result: Prediction) -> None:
+        """The worker answered: keep its probabilities, then show them (Preview) or add them (Apply)."""
         import nibabel
 
-        result = read_result(Path(state.outputs["segments"]).parent)
         self.removePreview()
         self.previewResult = result
         self.previewProbabilities = np.asarray(nibabel.load(str(result.probabilities)).get_fdata(dtype=np.float32))
         self.previewGeometryNode = self.logic.loadLabelmap(result.labelmap)
-        self.previewRequest = pending["request"]
-        self.previewBox = pending.get("box")
-        if pending["purpose"] == "preview":
+        self.previewRequest = request
+        self.previewBox = request.context.get("box")
+        if request.purpose == "preview":
             self.showPreview()
-            self.statusLabel.text = f"{state.status}. Move the threshold, then Apply to keep it."
+            self.statusLabel.text = f"{self.session.state.status}. Move the threshold, then Apply to keep it."
         else:
             self.commit()
         self.updateButtons()
@@ -479,7 +413,7 @@ Undo takes it back. The first use may offer to install PyTorch and MONAI into Sl
         labels = labels_from_probabilities(self.previewProbabilities, threshold, self.previewResult.largest_component)
         if self.previewBox is not None:
             offset = [0, 0, 0]
-            slices = self.previewRequest["slices"]
+            slices = self.previewRequest.slices
             if slices:
                 offset[self.sliceAxis()] = slices[0]
             mask_outside(labels, self.previewBox, offset)
@@ -496,11 +430,11 @@ Undo takes it back. The first use may offer to install PyTorch and MONAI into Sl
             self.previewSegmentationNode.GetDisplayNode().SetOpacity(PREVIEW_OPACITY)
             self.previewSegmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(self.sourceVolume())
         segmentation = self.previewSegmentationNode.GetSegmentation()
-        for spec in self.previewResult.segments:
-            segmentId = segmentation.GetSegmentIdBySegmentName(spec.name)
+        for segment in self.previewResult.segments:
+            segmentId = segmentation.GetSegmentIdBySegmentName(segment.name)
             if not segmentId:
-                segmentId = segmentation.AddEmptySegment("", spec.name, list(spec.color))
-            mask = (labels == spec.value).astype(np.uint8)
+                segmentId = segmentation.AddEmptySegment("", segment.name, list(segment.slicer_color))
+            mask = (labels == segment.value).astype(np.uint8)
             slicer.util.updateSegmentBinaryLabelmapFromArray(
                 mask, self.previewSegmentationNode, segmentId, self.previewGeometryNode
             )
@@ -543,5 +477,5 @@ Undo takes it back. The first use may offer to install PyTorch and MONAI into Sl
                     to_kji(labels), self.previewGeometryNode, self.previewResult, segmentationNode, voxels
                 )
             )
-        self.statusLabel.text = f"Added {added} segment(s). Device: {self.workerState.device_reason}"
+        self.statusLabel.text = f"Added {added} segment(s). Device: {self.session.state.device_reason}"
         self.removePreview()

@@ -18,12 +18,39 @@ from .networks.doubleunet import DoubleUNet
 from .networks.weights import load_weights
 from .segments import HIPPOCAMPUS_SEGMENTS, POLYP_SEGMENTS, SegmentInfo, segments_from_dicts
 
+__all__ = [
+    "SEGMENT_SETS",
+    "ModelSpec",
+    "build_network",
+    "default_model_name",
+    "load_model",
+    "read_catalog",
+    "resolve_model",
+]
+
 SEGMENT_SETS = {"polyp": POLYP_SEGMENTS, "hippocampus": HIPPOCAMPUS_SEGMENTS}
 
 
 @dataclass
 class ModelSpec:
-    """What the engine must know to run a trained DoubleU-Net."""
+    """What the engine must know to run a trained DoubleU-Net.
+
+    Attributes:
+        name: the model's name (a catalog key, or the weights file's stem).
+        weights: the state-dict file.
+        in_channels: network input channels: 1 (grey), 3 (RGB, or 2.5D with ``context`` 1).
+        out_channels: 1 for a binary model (sigmoid), K >= 2 for K classes with background first.
+        normalization: one of :data:`doubleunet_segment.transforms.NORMALIZATIONS`.
+        inplane: ``resize`` whole slices to ``roi_size``, or ``sliding_window`` over them.
+        roi_size: the trained slice size (H, W) in pixels.
+        slice_axis: the volume axis (0, 1 or 2 of X, Y, Z) that is cut into 2D slices.
+        context: 2.5D: neighbouring slices on each side given as extra channels.
+        threshold: foreground probability cut for binary models.
+        largest_component: keep only each class's largest connected piece of the label map.
+        segments: a named set of :data:`SEGMENT_SETS`, or a list of :class:`SegmentInfo` dicts.
+        description: free text for people.
+        extra: the catalog entry's other keys (validation figures, provenance), kept as they are.
+    """
 
     name: str
     weights: Path
@@ -42,13 +69,27 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, name: str, d: dict[str, Any], models_dir: Path) -> ModelSpec:
+        """A spec from a catalog entry.
+
+        Args:
+            name: the model's name.
+            d: the entry; ``weights`` (required) is relative to ``models_dir``, unknown keys go to ``extra``.
+            models_dir: the folder the weights file lies in.
+
+        Raises:
+            KeyError: ``d`` has no ``weights``.
+        """
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k not in ("name", "weights")}
         extra = {k: v for k, v in d.items() if k not in cls.__dataclass_fields__}
         known["roi_size"] = tuple(known.get("roi_size", (256, 256)))
         return cls(name=name, weights=models_dir / d["weights"], extra=extra, **known)
 
     def segment_infos(self) -> list[SegmentInfo]:
-        """Names, colours and codes of the label values this model writes."""
+        """Names, colours and codes of the label values this model writes.
+
+        Raises:
+            ValueError: ``segments`` names a set that does not exist.
+        """
         if isinstance(self.segments, str):
             if self.segments not in SEGMENT_SETS:
                 raise ValueError(f"model {self.name!r}: unknown segment set {self.segments!r}")
@@ -57,12 +98,25 @@ class ModelSpec:
 
 
 def read_catalog(models_dir: Path | None = None) -> dict[str, ModelSpec]:
+    """Every model of a ``catalog.json``, by name.
+
+    Args:
+        models_dir: folder of ``catalog.json`` and the weights; default the bundle's ``models/``.
+
+    Raises:
+        FileNotFoundError: there is no ``catalog.json`` in ``models_dir``.
+    """
     models_dir = paths.models_dir() if models_dir is None else models_dir
     data = json.loads((models_dir / paths.CATALOG_NAME).read_text())
     return {name: ModelSpec.from_dict(name, d, models_dir) for name, d in data["models"].items()}
 
 
 def default_model_name(models_dir: Path | None = None) -> str:
+    """The catalog's ``default`` model name (the bundle's is ``polyp``).
+
+    Raises:
+        FileNotFoundError: there is no ``catalog.json`` in ``models_dir``.
+    """
     models_dir = paths.models_dir() if models_dir is None else models_dir
     return json.loads((models_dir / paths.CATALOG_NAME).read_text())["default"]
 
@@ -72,6 +126,15 @@ def resolve_model(choice: str | None) -> ModelSpec:
 
     A bare weights file gets the default model's spec: it is assumed to be a retrained polyp model
     unless a ``<file>.json`` spec sits beside it.
+
+    Args:
+        choice: the model name, folder or file; None for the bundle's default model.
+
+    Returns:
+        The spec; its weights file is not opened here.
+
+    Raises:
+        FileNotFoundError: ``choice`` is neither a shipped model nor an existing bundle folder or file.
     """
     catalog = read_catalog()
     if choice is None:
@@ -98,9 +161,19 @@ def resolve_model(choice: str | None) -> ModelSpec:
 
 
 def build_network(spec: ModelSpec) -> DoubleUNet:
+    """An untrained DoubleU-Net with the spec's channels."""
     return DoubleUNet(in_channels=spec.in_channels, out_channels=spec.out_channels)
 
 
 def load_model(spec: ModelSpec, device: torch.device | str = "cpu") -> DoubleUNet:
-    """The spec's network with its trained weights, in eval mode; a mismatch names the file."""
+    """The spec's network with its trained weights, in eval mode; a mismatch names the file.
+
+    Args:
+        spec: the model.
+        device: where to put the network.
+
+    Raises:
+        FileNotFoundError: the weights file does not exist.
+        ValueError: the weights do not fit the spec's channels.
+    """
     return load_weights(build_network(spec), spec.weights).to(device)

@@ -10,6 +10,7 @@ written atomically and never overwritten unless ``--overwrite``.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from .inference.precision import BACKENDS, PRECISIONS
 from .inference.predictor import Predictor
 from .inference.runner import FORMATS, check_output_location, parse_formats, segment_cases
 from .inference.sharding import local_device, shard_of
+
+__all__ = ["EPILOG", "build_parser", "main", "show_log_on_stderr"]
 
 EPILOG = """\
 examples:
@@ -33,7 +36,38 @@ seg.dcm (DICOM input), mask.png + overlay.png (2D images), views.png (volumes), 
 """
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (as logging's own last-resort handler)."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)  # StreamHandler's would bind the stream now
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+
+def show_log_on_stderr() -> None:
+    """Show the package's INFO records (the end-of-run table) on stderr as plain lines, once per process.
+
+    An entry point calls this; library code only logs. Nothing is added when a root handler already
+    writes to the terminal (an application that configured logging shows the records itself).
+    """
+    package = logging.getLogger(__package__)
+    if any(isinstance(h, _StderrHandler) for h in package.handlers):
+        return
+    terminal = (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)
+    if any(getattr(h, "stream", None) in terminal for h in logging.getLogger().handlers):
+        return
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    package.addHandler(handler)
+    if package.level == logging.NOTSET:
+        package.setLevel(logging.INFO)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``doubleunet-segment`` argument parser."""
     models = ", ".join(sorted(read_catalog()))
     p = argparse.ArgumentParser(
         prog="doubleunet-segment",
@@ -82,6 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``doubleunet-segment``.
+
+    Args:
+        argv: the arguments, without the program name; default ``sys.argv[1:]``.
+
+    Returns:
+        0 when every case succeeded, 1 when any failed.
+
+    Raises:
+        SystemExit: 2 on bad usage or input (missing files, unknown model, no CUDA), 0 for ``--help``.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -107,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         parser.exit(2, f"doubleunet-segment: error: {err}\n")
+    show_log_on_stderr()
     results = segment_cases(cases, notes, predictor, args)
     return 0 if all(r.ok for r in results) else 1
 

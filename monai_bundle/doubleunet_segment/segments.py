@@ -27,7 +27,16 @@ POSTERIOR: Code3 = ("255551008", "SCT", "Posterior")
 
 @dataclass(frozen=True)
 class SegmentInfo:
-    """One label value of a label map, with the name, colour and codes that describe it."""
+    """One label value of a label map, with the name, colour and codes that describe it.
+
+    Attributes:
+        value: the label value (1..K-1; 0 is background).
+        name: what a person sees.
+        color: RGB, 0-255.
+        category: DICOM SEG SegmentedPropertyCategoryCodeSequence (code value, scheme, meaning).
+        type: SegmentedPropertyTypeCodeSequence.
+        type_modifier: SegmentedPropertyTypeModifierCodeSequence, if any.
+    """
 
     value: int
     name: str
@@ -51,7 +60,11 @@ class SegmentInfo:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SegmentInfo:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            KeyError: ``value``, ``name``, ``color``, ``category`` or ``type`` is missing.
+        """
         modifier = data.get("type_modifier")
         return cls(
             value=int(data["value"]),

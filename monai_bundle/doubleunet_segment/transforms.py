@@ -11,6 +11,22 @@ import numpy as np
 import torch
 from monai.transforms import KeepLargestConnectedComponent, MapTransform
 
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "NORMALIZATIONS",
+    "Normalize",
+    "Normalized",
+    "ProbabilitiesToLabels",
+    "ProbabilitiesToLabelsd",
+    "SliceContextd",
+    "add_slice_context",
+    "keep_largest_components",
+    "normalize",
+    "probabilities_to_labels",
+    "zscore_nonzero",
+]
+
 NORMALIZATIONS = ("median", "zscore", "imagenet", "unit")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -21,6 +37,14 @@ def zscore_nonzero(x: torch.Tensor, chunk: int = 16) -> torch.Tensor:
 
     MONAI's version builds several full-size temporaries (7.6 GB peak for a 512x512x600 volume); here the
     statistics accumulate in float64 over chunks of the last axis and one copy is normalised in place.
+
+    Args:
+        x: any shape, e.g. (C, X, Y, Z); not modified.
+        chunk: slices of the last axis per pass.
+
+    Returns:
+        A float32 tensor of ``x``'s shape: non-zero voxels ``(x - mean) / std`` over the non-zero voxels
+        (std 1 when it is 0), zeros stay 0; an all-zero input comes back as a float copy.
     """
     out = x.detach().clone().float()
     total, count = 0.0, 0
@@ -49,6 +73,16 @@ def normalize(image: np.ndarray | torch.Tensor, method: str) -> torch.Tensor:
     - ``zscore``: per-volume z-score over non-zero voxels (MR has no absolute scale).
     - ``imagenet``: x / 255 then ImageNet mean/std, to go with a torchvision-pretrained encoder.
     - ``unit``: x / 255.
+
+    Args:
+        image: channel-first, (C, H, W) or (C, X, Y, Z).
+        method: one of :data:`NORMALIZATIONS`.
+
+    Returns:
+        A float32 tensor of the same shape.
+
+    Raises:
+        ValueError: ``method`` is unknown, or ``imagenet`` is asked of an image without 3 channels.
     """
     x = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image).float()
     if method == "median":
@@ -68,7 +102,14 @@ def normalize(image: np.ndarray | torch.Tensor, method: str) -> torch.Tensor:
 
 
 class Normalize:
-    """Array transform around :func:`normalize`: the engine's (and inference config's) preprocessing."""
+    """Array transform around :func:`normalize`: the engine's (and inference config's) preprocessing.
+
+    Args:
+        method: one of :data:`NORMALIZATIONS`.
+
+    Raises:
+        ValueError: ``method`` is unknown.
+    """
 
     def __init__(self, method: str) -> None:
         if method not in NORMALIZATIONS:
@@ -76,17 +117,28 @@ class Normalize:
         self.method = method
 
     def __call__(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Channel-first (C, ...) image -> float32 tensor of the same shape."""
         return normalize(image, self.method)
 
 
 class Normalized(MapTransform):
-    """Dictionary transform around :func:`normalize`, for the bundle configs; keeps MetaTensor metadata."""
+    """Dictionary transform around :func:`normalize`, for the bundle configs; keeps MetaTensor metadata.
+
+    Args:
+        keys: the channel-first images to normalise.
+        method: one of :data:`NORMALIZATIONS`.
+        allow_missing_keys: skip keys absent from the data instead of raising.
+
+    Raises:
+        ValueError: ``method`` is unknown.
+    """
 
     def __init__(self, keys: Sequence[Hashable], method: str, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.normalize = Normalize(method)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        """A copy of ``data`` with each key's (C, ...) image normalised (a MetaTensor keeps its metadata)."""
         d = dict(data)
         for key in self.key_iterator(d):
             img = d[key]
@@ -101,24 +153,42 @@ class Normalized(MapTransform):
 
 
 def probabilities_to_labels(probs: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    """(K, ...) probabilities -> (1, ...) labels: threshold if K = 1, else argmax (background = 0)."""
+    """(K, ...) probabilities -> (1, ...) labels: threshold if K = 1, else argmax (background = 0).
+
+    Args:
+        probs: (K, H, W) or (K, X, Y, Z) probabilities.
+        threshold: foreground cut (``>=``) for K = 1.
+
+    Returns:
+        uint8 labels (1, ...), values 0..max(K - 1, 1).
+    """
     if probs.shape[0] == 1:
         return (probs >= threshold).to(torch.uint8)
     return probs.argmax(dim=0, keepdim=True).to(torch.uint8)
 
 
 class ProbabilitiesToLabels:
-    """Array transform around :func:`probabilities_to_labels`: the engine's postprocessing."""
+    """Array transform around :func:`probabilities_to_labels`: the engine's postprocessing.
+
+    Maps (K, ...) probabilities to a uint8 numpy label map (...) without the channel axis.
+    """
 
     def __init__(self, threshold: float = 0.5) -> None:
         self.threshold = threshold
 
     def __call__(self, probs: np.ndarray | torch.Tensor) -> np.ndarray:
+        """(K, ...) probabilities -> (...) uint8 labels."""
         return probabilities_to_labels(torch.as_tensor(probs), self.threshold)[0].numpy()
 
 
 class ProbabilitiesToLabelsd(MapTransform):
-    """Labels from the inferer's probabilities; ``one_hot`` gives the K-channel form MONAI metrics take."""
+    """Labels from the inferer's probabilities; ``one_hot`` gives the K-channel form MONAI metrics take.
+
+    Args:
+        keys: the (K, ...) probability tensors; replaced by float labels (1, ...), or (K, ...) one-hot.
+        threshold: foreground cut for K = 1.
+        one_hot: for K > 1, one channel per class instead of label values.
+    """
 
     def __init__(self, keys: Sequence[Hashable], threshold: float = 0.5, one_hot: bool = False) -> None:
         super().__init__(keys)
@@ -126,6 +196,7 @@ class ProbabilitiesToLabelsd(MapTransform):
         self.one_hot = one_hot
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        """A copy of ``data`` with each key's (K, ...) probabilities replaced by float labels."""
         d = dict(data)
         for key in self.key_iterator(d):
             probs = d[key]
@@ -142,6 +213,13 @@ def keep_largest_components(labels: np.ndarray, classes: int) -> np.ndarray:
 
     A structure that is one piece in the anatomy (a hippocampus part) loses the stray islands a
     slice-by-slice model leaves; on the hippocampus validation split this raised Dice and cut HD95.
+
+    Args:
+        labels: a label map, (H, W) or (X, Y, Z).
+        classes: the highest label value to clean.
+
+    Returns:
+        The cleaned label map, same shape and dtype.
     """
     keep = KeepLargestConnectedComponent(applied_labels=list(range(1, classes + 1)), independent=True)
     return np.asarray(keep(torch.as_tensor(labels[None]))[0], dtype=labels.dtype)
@@ -152,6 +230,14 @@ def add_slice_context(volume: torch.Tensor, axis: int, context: int) -> torch.Te
 
     For 2.5D models: slice k of channel j is slice k + j - context of the input (edges repeat), so a
     slice-by-slice inferer hands the network a slice with its neighbours as channels.
+
+    Args:
+        volume: (1, X, Y, Z).
+        axis: the slice axis, 0..2 of (X, Y, Z).
+        context: neighbouring slices on each side; 0 returns ``volume`` itself.
+
+    Raises:
+        ValueError: ``volume`` has more than one channel (and ``context`` > 0).
     """
     if context == 0:
         return volume
@@ -167,7 +253,13 @@ def add_slice_context(volume: torch.Tensor, axis: int, context: int) -> torch.Te
 
 
 class SliceContextd(MapTransform):
-    """Dictionary transform around :func:`add_slice_context` for the bundle configs."""
+    """Dictionary transform around :func:`add_slice_context` for the bundle configs.
+
+    Args:
+        keys: the (1, X, Y, Z) volumes.
+        axis: the slice axis, 0..2 of (X, Y, Z).
+        context: neighbouring slices on each side.
+    """
 
     def __init__(self, keys: Sequence[Hashable], axis: int = 2, context: int = 0) -> None:
         super().__init__(keys)
@@ -175,6 +267,7 @@ class SliceContextd(MapTransform):
         self.context = context
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        """A copy of ``data`` with each key's (1, X, Y, Z) volume as (2 * context + 1, X, Y, Z)."""
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = add_slice_context(d[key], self.axis, self.context)

@@ -1,2 +1,45 @@
 """Data in and out: DICOM series, DICOM SEG, NIfTI/NRRD and image readers and writers, case discovery,
-datalists, atomic writes and overlays."""
+datalists, atomic writes and overlays.
+
+The names below are imported on first use, so importing the package itself imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_PUBLIC = {
+    "Case": "cases",
+    "Volume": "cases",
+    "discover": "cases",
+    "read_image_2d": "cases",
+    "read_volume_file": "cases",
+    "DicomSeries": "dicom_io",
+    "DicomSeriesError": "dicom_io",
+    "SeriesRef": "dicom_io",
+    "find_dicom_series": "dicom_io",
+    "load_series": "dicom_io",
+    "EmptySegmentationError": "dicom_seg",
+    "read_dicom_seg": "dicom_seg",
+    "write_dicom_seg": "dicom_seg",
+    "read_nifti": "nifti_io",
+    "write_nifti": "nifti_io",
+    "write_seg_nrrd": "nifti_io",
+    "atomic_path": "atomic",
+    "atomic_write_bytes": "atomic",
+    "atomic_write_text": "atomic",
+    "load_items": "datalist",
+}
+
+__all__ = list(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

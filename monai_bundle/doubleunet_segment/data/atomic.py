@@ -18,7 +18,11 @@ __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "refuse_ove
 
 
 def refuse_overwrite(path: str | os.PathLike, overwrite: bool) -> None:
-    """Raise FileExistsError when ``path`` exists and overwriting was not asked for."""
+    """Raise FileExistsError when ``path`` exists and overwriting was not asked for.
+
+    Raises:
+        FileExistsError: ``path`` exists (a dangling symlink counts) and ``overwrite`` is False.
+    """
     path = Path(path)
     if not overwrite and (path.exists() or path.is_symlink()):
         raise FileExistsError(f"{path} already exists; refusing to overwrite it (pass overwrite=True to replace it)")
@@ -60,6 +64,16 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator
 
     The parent folder is created when missing. With ``overwrite=False`` an existing target raises
     FileExistsError before anything is written. On an exception the temporary file is removed.
+
+    Args:
+        path: the target file.
+        overwrite: replace an existing target.
+
+    Yields:
+        The temporary file to write, in the target's folder and with its extension.
+
+    Raises:
+        FileExistsError: the target exists, or appeared while it was being written, and ``overwrite`` is False.
     """
     path = Path(path)
     refuse_overwrite(path, overwrite)
@@ -75,12 +89,20 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool = False) -> Path:
-    """Write ``data`` to ``path`` atomically and return the path."""
+    """Write ``data`` to ``path`` atomically and return the path.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+    """
     with atomic_path(path, overwrite=overwrite) as tmp:
         tmp.write_bytes(data)
     return Path(path)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, *, overwrite: bool = False, encoding: str = "utf-8") -> Path:
-    """Write ``text`` to ``path`` atomically and return the path."""
+    """Write ``text`` to ``path`` atomically and return the path.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+    """
     return atomic_write_bytes(path, text.encode(encoding), overwrite=overwrite)

@@ -19,10 +19,21 @@ from .datalist import IMAGE_SUFFIXES
 from .dicom_io import DicomSeries, find_dicom_series, load_series, lps_to_ras
 from .nifti_io import read_nifti
 
+__all__ = ["VOLUME_SUFFIXES", "Case", "Volume", "discover", "read_image_2d", "read_volume_file", "safe_name"]
+
 
 @dataclass
 class Volume:
-    """A loaded case: pixels, geometry, and the DICOM series it came from (for DICOM SEG output)."""
+    """A loaded case: pixels, geometry, and the DICOM series it came from (for DICOM SEG output).
+
+    Attributes:
+        array: (C, X, Y, Z) float32 in the input's units (HU for CT); a 2D image is (C, X, Y, 1) with X
+            along its columns.
+        affine: 4x4 voxel index -> RAS mm (identity for 2D images).
+        is_2d_image: a photograph-like image (PNG/JPEG, or a one-frame RGB DICOM).
+        series: the DICOM series, for DICOM input.
+        warnings: things about the input a person should know (e.g. uneven slice spacing).
+    """
 
     array: np.ndarray  # (C, X, Y, Z) float32
     affine: np.ndarray  # 4x4 voxel -> RAS mm
@@ -33,6 +44,17 @@ class Volume:
 
 @dataclass
 class Case:
+    """One thing to segment, named before any pixels are read.
+
+    Attributes:
+        name: unique and file-system safe: the output folder's name.
+        source: what the user gave, for messages.
+        kind: ``dicom``, ``volume`` or ``image``.
+        load: reads the case into a :class:`Volume`.
+        study: the DICOM StudyInstanceUID, or empty.
+        series: the DICOM SeriesInstanceUID, or empty.
+    """
+
     name: str  # unique, file-system safe: the output folder's name
     source: str  # what the user gave, for messages
     kind: str  # "dicom", "volume" or "image"
@@ -42,11 +64,18 @@ class Case:
 
 
 def safe_name(text: str) -> str:
+    """``text`` with every run of characters other than letters, digits, ``.``, ``_``, ``-`` as ``_``."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "case"
 
 
 def read_image_2d(path: Path) -> Volume:
-    """A PNG/JPEG/... as (C, X, Y, 1) with X along image columns, as MONAI's PIL reader lays it out."""
+    """A PNG/JPEG/... as (C, X, Y, 1) with X along image columns, as MONAI's PIL reader lays it out.
+
+    Grey images (modes L, I;16, I) keep one channel, everything else becomes RGB (C = 3).
+
+    Raises:
+        OSError: the file cannot be read as an image (PIL's UnidentifiedImageError is one).
+    """
     with Image.open(path) as img:
         rgb = np.asarray(img.convert("RGB") if img.mode not in ("L", "I;16", "I") else img, dtype=np.float32)
     array = rgb[None] if rgb.ndim == 2 else np.moveaxis(rgb, -1, 0)
@@ -54,7 +83,16 @@ def read_image_2d(path: Path) -> Volume:
 
 
 def read_volume_file(path: Path) -> Volume:
-    """NIfTI through nibabel (exact affine); NRRD/MHA through SimpleITK, converted from LPS to RAS."""
+    """NIfTI through nibabel (exact affine); NRRD/MHA through SimpleITK, converted from LPS to RAS.
+
+    Returns:
+        The volume, array (C, X, Y, Z) float32 and affine voxel -> RAS mm.
+
+    Raises:
+        nibabel.filebasedimages.ImageFileError: nibabel cannot read the NIfTI file.
+        ValueError: the NIfTI array is not 2D, 3D, 4D or a vector image.
+        RuntimeError: SimpleITK cannot read the file.
+    """
     if path.name.lower().endswith((".nii", ".nii.gz")):
         array, affine = read_nifti(path)
         return Volume(array, affine)
@@ -84,7 +122,18 @@ VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
 
 
 def discover(inputs: list[str]) -> tuple[list[Case], list[str]]:
-    """Expand the command line's inputs into named cases; returns (cases, messages about skipped files)."""
+    """Expand the command line's inputs into named cases; returns (cases, messages about skipped files).
+
+    A folder gives one case per DICOM image series found in it (recursively); repeated names get ``_2``,
+    ``_3``, ... Nothing is read beyond the DICOM headers.
+
+    Args:
+        inputs: DICOM folders, volume files (:data:`VOLUME_SUFFIXES`) or 2D images.
+
+    Raises:
+        FileNotFoundError: an input does not exist, or a folder holds no DICOM image series.
+        ValueError: a file is neither a volume nor a 2D image.
+    """
     cases: list[Case] = []
     notes: list[str] = []
     for item in inputs:

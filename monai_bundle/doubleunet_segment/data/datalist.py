@@ -18,6 +18,19 @@ from monai.transforms import LoadImage
 
 from ..transforms import normalize
 
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "VOLUME_SUFFIXES",
+    "combined_split",
+    "is_volume",
+    "load_items",
+    "main",
+    "scan_pairs",
+    "split_pairs",
+    "volume_slices",
+    "write_datalist",
+]
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
 
@@ -27,7 +40,14 @@ def _has_suffix(path: Path, suffixes: tuple[str, ...]) -> bool:
 
 
 def scan_pairs(dataset_dir: str | Path) -> list[dict[str, str]]:
-    """Image/label pairs found in a 2D or Decathlon-style folder, paths relative to it, sorted by name."""
+    """Image/label pairs found in a 2D or Decathlon-style folder, paths relative to it, sorted by name.
+
+    Returns:
+        ``[{"image": "images/x.png", "label": "masks/x.png"}, ...]`` (or ``imagesTr``/``labelsTr``).
+
+    Raises:
+        FileNotFoundError: the folder has neither layout, no images, or an image without its label.
+    """
     root = Path(dataset_dir)
     for images, labels, suffixes in (("images", "masks", IMAGE_SUFFIXES), ("imagesTr", "labelsTr", VOLUME_SUFFIXES)):
         if (root / images).is_dir() and (root / labels).is_dir():
@@ -48,7 +68,16 @@ def scan_pairs(dataset_dir: str | Path) -> list[dict[str, str]]:
 
 
 def split_pairs(pairs: list[dict[str, str]], val_fraction: float = 1 / 9, seed: int = 42) -> dict[str, list]:
-    """Seeded train/validation split (default 8:1), stable for a given file list."""
+    """Seeded train/validation split (default 8:1), stable for a given file list.
+
+    Args:
+        pairs: the items to split.
+        val_fraction: share for validation (at least one item).
+        seed: seed of :class:`random.Random`'s shuffle.
+
+    Returns:
+        ``{"training": [...], "validation": [...]}``, each in the input's order.
+    """
     order = list(range(len(pairs)))
     random.Random(seed).shuffle(order)
     n_val = max(1, round(len(pairs) * val_fraction))
@@ -58,6 +87,7 @@ def split_pairs(pairs: list[dict[str, str]], val_fraction: float = 1 / 9, seed: 
 
 
 def write_datalist(path: str | Path, datalist: dict[str, Any]) -> None:
+    """Write ``datalist`` as indented JSON."""
     Path(path).write_text(json.dumps(datalist, indent=1) + "\n")
 
 
@@ -66,6 +96,18 @@ def load_items(dataset_dir: str | Path, datalist: str | Path | None, section: st
 
     With a datalist JSON its split is used; without one the folder is scanned and split with the
     default seed, so an ad-hoc training run on a new folder still validates on unseen cases.
+
+    Args:
+        dataset_dir: the dataset folder; the datalist's paths are relative to it.
+        datalist: a MONAI datalist JSON, or None to scan and split the folder.
+        section: ``training`` or ``validation``.
+        limit: keep only the first ``limit`` items (0: all).
+
+    Returns:
+        ``{"image": ..., "label": ...}`` dicts with absolute paths (plus any other keys of the datalist).
+
+    Raises:
+        FileNotFoundError: the folder, or an image or label it lists, does not exist.
     """
     root = Path(dataset_dir)
     if not root.is_dir():
@@ -83,18 +125,29 @@ def load_items(dataset_dir: str | Path, datalist: str | Path | None, section: st
 
 
 def is_volume(path: str | Path) -> bool:
+    """Whether ``path`` names a volume file (:data:`VOLUME_SUFFIXES`) rather than a 2D image."""
     return _has_suffix(Path(path), VOLUME_SUFFIXES)
 
 
 def volume_slices(items: list[dict], axis: int = 2, context: int = 0, normalization: str | None = None) -> list[dict]:
     """Cut each volume of ``items`` into 2D slices along ``axis`` (0..2 of X, Y, Z).
 
-    ``normalization`` (see :func:`transforms.normalize`) is applied per volume before cutting, as the
+    ``normalization`` (see :func:`doubleunet_segment.transforms.normalize`) is applied per volume before cutting, as the
     engine does at inference: per-slice statistics would differ from per-volume ones.
 
     ``context`` > 0 stacks that many neighbours on each side as channels (2.5D; edges repeat the
     outer slice). Each slice keeps its case and index so metrics can be gathered per case.
     2D image items pass through unchanged (they are loaded by the transforms).
+
+    Args:
+        items: ``{"image": path, "label": path}`` dicts (label optional).
+        axis: the slice axis, 0..2 of (X, Y, Z).
+        context: neighbouring slices on each side stacked as channels.
+        normalization: one of :data:`doubleunet_segment.transforms.NORMALIZATIONS`, or None for raw values.
+
+    Returns:
+        Per slice ``{"image": (C * (2 * context + 1), a, b) float32, "label": (1, a, b) uint8, "case": path,
+        "slice": k}``, where (a, b) are the two axes other than ``axis`` in order.
     """
     loader = LoadImage(image_only=True, ensure_channel_first=True)
     out: list[dict] = []
@@ -118,7 +171,20 @@ def volume_slices(items: list[dict], axis: int = 2, context: int = 0, normalizat
 
 
 def combined_split(root: str | Path, subsets: list[str], val_fraction: float = 1 / 9, seed: int = 42) -> dict:
-    """One datalist over several dataset folders under ``root``, split per folder so each keeps 8:1."""
+    """One datalist over several dataset folders under ``root``, split per folder so each keeps 8:1.
+
+    Args:
+        root: the folder holding the dataset folders.
+        subsets: dataset folder names under ``root``.
+        val_fraction: share for validation in each folder.
+        seed: the split's seed.
+
+    Returns:
+        ``{"training": [...], "validation": [...]}`` with paths relative to ``root`` and a ``dataset`` key.
+
+    Raises:
+        FileNotFoundError: a folder has neither layout (see :func:`scan_pairs`).
+    """
     out: dict[str, list] = {"training": [], "validation": []}
     for name in subsets:
         split = split_pairs(scan_pairs(Path(root) / name), val_fraction, seed)
@@ -130,6 +196,7 @@ def combined_split(root: str | Path, subsets: list[str], val_fraction: float = 1
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``python -m doubleunet_segment.data.datalist``: write a split datalist and print its counts."""
     import argparse
 
     parser = argparse.ArgumentParser(description="Write a seeded train/validation datalist JSON for dataset folders.")

@@ -66,7 +66,14 @@ class DicomSeriesError(ValueError):
 
 
 def lps_to_ras(affine_lps: np.ndarray) -> np.ndarray:
-    """Flip the first two world axes: DICOM/ITK patient coordinates are LPS, NIfTI's are RAS."""
+    """Flip the first two world axes: DICOM/ITK patient coordinates are LPS, NIfTI's are RAS.
+
+    Args:
+        affine_lps: 4x4 voxel -> LPS mm.
+
+    Returns:
+        4x4 voxel -> RAS mm (``diag(-1, -1, 1, 1) @ affine_lps``); the inverse conversion is the same product.
+    """
     return LPS_TO_RAS @ affine_lps
 
 
@@ -76,7 +83,12 @@ def _display_name(patient_id: str, study_date: str, description: str, series_num
 
 @dataclass
 class SeriesRef:
-    """A series found by :func:`find_dicom_series`: identifiers and files, pixels not read yet."""
+    """A series found by :func:`find_dicom_series`: identifiers and files, pixels not read yet.
+
+    The string fields are the DICOM attributes of the same names (StudyInstanceUID, SeriesInstanceUID,
+    Modality, SeriesDescription, PatientID, PatientName, StudyDate, SeriesNumber), empty where absent;
+    ``files`` are the series' instances in scan order.
+    """
 
     study_uid: str
     series_uid: str
@@ -96,7 +108,12 @@ class SeriesRef:
 
 @dataclass
 class DicomSeries:
-    """A loaded series: the volume, its geometry and the source headers needed to write a DICOM SEG."""
+    """A loaded series: the volume, its geometry and the source headers needed to write a DICOM SEG.
+
+    ``array`` is (C, X, Y, Z) float32 with the modality rescale applied (HU for CT), X along columns,
+    Y along rows and Z along the sorted slices; ``affine`` maps voxel (i, j, k) to RAS mm. The string
+    fields are the DICOM attributes of the same names, as in :class:`SeriesRef`.
+    """
 
     study_uid: str
     series_uid: str
@@ -174,6 +191,9 @@ def find_dicom_series(folder: str | os.PathLike) -> tuple[list[SeriesRef], list[
 
     Returns the series (sorted by patient, study date, series number) and one message per skipped file
     (non-DICOM, DICOMDIR, SR, SEG, RTSTRUCT, ...). Only headers are read here.
+
+    Raises:
+        NotADirectoryError: ``folder`` is not a folder.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -504,8 +524,9 @@ def _geometry(frames: list[_Frame], first: Dataset, warnings: list[str]) -> tupl
 def load_series(series: SeriesRef | Iterable[str | os.PathLike]) -> DicomSeries:
     """Read one series (a :class:`SeriesRef` or its files) into a :class:`DicomSeries`.
 
-    Raises DicomSeriesError, naming the files, for mixed sizes/orientations, duplicate positions, uneven
-    spacing, mixed studies/series and unreadable pixel data.
+    Raises:
+        DicomSeriesError: naming the files, for no files, mixed sizes/orientations, duplicate positions,
+            uneven spacing, mixed studies/series, non-image objects and unreadable pixel data.
     """
     files = list(series.files) if isinstance(series, SeriesRef) else [Path(p) for p in series]
     if not files:

@@ -129,6 +129,22 @@ def write_dicom_seg(
 
     Segments whose value is absent from the map are left out. When nothing at all is segmented, every
     defined segment is still described and the SEG holds empty frames (a valid "nothing found" result).
+
+    Args:
+        series: the source series, as :func:`doubleunet_segment.data.dicom_io.load_series` read it.
+        label_map: (X, Y, Z) integer label values on the series grid (X columns, Y rows, Z slices).
+        segments: the label values' names, colours and codes.
+        path: the ``.dcm`` file to write.
+        algorithm_name: AlgorithmName and manufacturer model name.
+        algorithm_version: AlgorithmVersion and software versions.
+        overwrite: replace an existing file.
+
+    Raises:
+        EmptySegmentationError: ``segments`` is empty.
+        ValueError: the label map does not match the series grid, holds non-integers or values without a
+            segment, or the series is made of several multi-frame instances or of several images
+            without a FrameOfReferenceUID.
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
     """
     infos = sorted(segments_from_dicts(list(segments)), key=lambda s: s.value)
     if not infos:
@@ -177,6 +193,14 @@ def read_dicom_seg(path: str | os.PathLike, series: DicomSeries) -> tuple[np.nda
 
     Returns the (X, Y, Z) uint16 label map holding segment numbers (overlaps resolved by highdicom, which
     refuses them) and ``{segment number: segment label}``.
+
+    Args:
+        path: the SEG file.
+        series: the loaded source series the SEG references.
+
+    Raises:
+        ValueError: the SEG's frames were resampled from their sources (SpatialLocationsPreserved NO), or
+            highdicom cannot map them onto the series' instances.
     """
     seg = hd.seg.segread(path)
     labels = {int(item.SegmentNumber): str(item.SegmentLabel) for item in seg.SegmentSequence}

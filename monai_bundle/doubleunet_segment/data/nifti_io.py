@@ -48,7 +48,21 @@ def write_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, 
     """Write an (X, Y, Z) label map or a (C, X, Y, Z) volume to ``path`` (.nii or .nii.gz) atomically.
 
     C = 1 is written as a 3D image, C > 1 as 4D with the channel last (X, Y, Z, C), which MONAI and nibabel
-    read as channels. Integer and boolean arrays are stored in the smallest fitting integer type.
+    read as channels. Integer and boolean arrays are stored in the smallest fitting integer type,
+    other arrays as float32. Both sform and qform get the affine (code 1); units are mm.
+
+    Args:
+        array: (X, Y, Z) labels or (C, X, Y, Z) values.
+        affine: 4x4 voxel index -> RAS mm.
+        path: a ``.nii`` or ``.nii.gz`` file.
+        overwrite: replace an existing file.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: ``array`` is not 3D or 4D, or ``affine`` is not a non-singular 4x4 homogeneous matrix.
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
     """
     array = np.asarray(array)
     if array.ndim == 4:
@@ -66,7 +80,16 @@ def write_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, 
 
 
 def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Read a NIfTI image as ``((C, X, Y, Z) float32, 4x4 RAS affine)``; 2D images get Z = 1."""
+    """Read a NIfTI image as ``((C, X, Y, Z) float32, 4x4 RAS affine)``; 2D images get Z = 1.
+
+    A 4D image's last axis becomes C; a vector image (X, Y, Z, 1, C) too. Values are scaled by the header's
+    slope and intercept (``get_fdata``); the affine is nibabel's (sform, else qform), in mm.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        nibabel.filebasedimages.ImageFileError: ``path`` is not a NIfTI file.
+        ValueError: any other number of dimensions.
+    """
     image = nib.load(path)
     data = np.asarray(image.get_fdata(dtype=np.float32))
     if data.ndim == 2:
@@ -131,7 +154,26 @@ def write_seg_nrrd(
     *,
     overwrite: bool = False,
 ) -> Path:
-    """Write an (X, Y, Z) label map as a 3D Slicer segmentation (.seg.nrrd) with segment names and colours."""
+    """Write an (X, Y, Z) label map as a 3D Slicer segmentation (.seg.nrrd) with segment names and colours.
+
+    The NRRD is in LPS space (the RAS affine's first two axes negated), gzip-encoded, with the
+    ``Segment<N>_*`` keys 3D Slicer reads, terminology from the segments' DICOM codes.
+
+    Args:
+        label_map: (X, Y, Z) label values.
+        affine: 4x4 voxel index -> RAS mm.
+        segments: the segments, as :class:`SegmentInfo` or their dicts.
+        path: the ``.seg.nrrd`` file.
+        overwrite: replace an existing file.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: ``label_map`` is not 3D, or ``affine`` is not a non-singular 4x4 homogeneous matrix.
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+        ImportError: pynrrd is not installed.
+    """
     import nrrd  # optional dependency (pynrrd), only needed for this format
 
     label_map = np.asarray(label_map)

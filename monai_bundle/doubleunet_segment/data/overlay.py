@@ -12,6 +12,8 @@ from scipy import ndimage
 from ..segments import SegmentInfo
 from .atomic import atomic_path
 
+__all__ = ["blend", "mask_png", "orthogonal_views", "save_png"]
+
 
 def _to_rgb8(image: np.ndarray) -> np.ndarray:
     """(C, X, Y) -> (Y, X, 3) uint8, windowed to the 1st-99th percentile for non-8-bit data."""
@@ -23,7 +25,17 @@ def _to_rgb8(image: np.ndarray) -> np.ndarray:
 
 
 def blend(image: np.ndarray, labels: np.ndarray, segments: Sequence[SegmentInfo], alpha: float = 0.45) -> np.ndarray:
-    """(C, X, Y) image and (X, Y) labels -> (Y, X, 3) uint8 with filled, outlined segments."""
+    """(C, X, Y) image and (X, Y) labels -> (Y, X, 3) uint8 with filled, outlined segments.
+
+    Intensities outside 0..255 are windowed to their 1st-99th percentile; grey is shown as grey, more than
+    three channels use the first three.
+
+    Args:
+        image: (C, X, Y).
+        labels: (X, Y) label values.
+        segments: the colour of each label value; others are not drawn.
+        alpha: the fill's opacity (the outline is opaque).
+    """
     out = _to_rgb8(image).astype(np.float32)
     lab = np.asarray(labels).T
     for seg in segments:
@@ -38,6 +50,11 @@ def blend(image: np.ndarray, labels: np.ndarray, segments: Sequence[SegmentInfo]
 
 
 def save_png(rgb_or_grey: np.ndarray, path: Path, overwrite: bool = False) -> Path:
+    """Write a (H, W, 3) or (H, W) uint8 picture as PNG, atomically; returns ``path``.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+    """
     with atomic_path(path, overwrite=overwrite) as tmp:
         Image.fromarray(rgb_or_grey).save(tmp, format="PNG")
     return path
@@ -50,7 +67,16 @@ def mask_png(labels: np.ndarray) -> np.ndarray:
 
 
 def orthogonal_views(volume: np.ndarray, labels: np.ndarray, segments: Sequence[SegmentInfo]) -> np.ndarray:
-    """Axial, coronal and sagittal slices through the segmentation's centre, side by side."""
+    """Axial, coronal and sagittal slices through the segmentation's centre, side by side.
+
+    Args:
+        volume: (C, X, Y, Z).
+        labels: (X, Y, Z) label values; their foreground's centroid (or the volume's centre) picks the slices.
+        segments: the colour of each label value.
+
+    Returns:
+        (H, W, 3) uint8: the three views, enlarged by a whole factor to at least 256 pixels high.
+    """
     fg = np.argwhere(labels > 0)
     centre = fg.mean(axis=0).round().astype(int) if len(fg) else np.array(labels.shape) // 2
     x, y, z = centre

@@ -15,12 +15,21 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+__all__ = ["OutOfMemory", "default_batch_size", "empty_slices", "is_out_of_memory", "prefetch", "run_in_batches"]
+
 
 def default_batch_size(device: torch.device, slice_pixels: int = 256 * 256) -> int:
     """Slices per forward pass: enough to fill a GPU (about 8 GB of activations), few on CPU.
 
     On CPU one 256x256 DoubleU-Net slice already keeps every core busy: batch 4 ran no faster than
     batch 1 (``benchmarks/bench_inference.py``), so only small windows are batched there.
+
+    Args:
+        device: where the model runs.
+        slice_pixels: pixels per slice (or window) the network sees.
+
+    Returns:
+        1..64 on CUDA (32 slices of 256x256), 1..16 on CPU (2 slices of 256x256).
     """
     if device.type != "cuda":
         return int(max(1, min(16, 2 * (256 * 256) // slice_pixels)))
@@ -28,6 +37,7 @@ def default_batch_size(device: torch.device, slice_pixels: int = 256 * 256) -> i
 
 
 def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is an out-of-memory error (CUDA's, or another backend's RuntimeError saying so)."""
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
@@ -51,6 +61,17 @@ def run_in_batches(
 
     Returns the batch size that worked (the next call can start there). Raises :class:`OutOfMemory`
     when even one item does not fit, so the caller can move to another device and go on from ``done``.
+
+    Args:
+        step: processes items ``[a, b)``.
+        total: items in all.
+        batch: items per call to start with.
+        start: the first item.
+        notify: told each time the batch is halved.
+        is_oom: whether an exception is an out-of-memory error (others propagate).
+
+    Raises:
+        OutOfMemory: even one item runs out of memory.
     """
     batch = max(1, batch)
     while start < total:
@@ -77,6 +98,14 @@ def empty_slices(volume: np.ndarray, axis: int, threshold: float | None = None) 
 
     ``None`` takes the volume's minimum, so only slices of pure padding/air count (MR zero fill,
     CT outside the field of view); a number is in the input's own units (e.g. -900 HU).
+
+    Args:
+        volume: (C, X, Y, Z).
+        axis: the slice axis, 0..2 of (X, Y, Z).
+        threshold: the background level, or None for the volume's minimum.
+
+    Returns:
+        Boolean array, one entry per slice along ``axis``.
     """
     limit = float(volume.min()) if threshold is None else threshold
     other = tuple(i for i in range(4) if i != axis + 1)
@@ -103,6 +132,13 @@ def prefetch(cases: Iterable, load: Callable[[object], object] = lambda case: ca
     numpy/zlib/pydicom release the GIL for most of it. Each yielded case's ``load`` returns the
     prefetched volume (or raises its error, so a bad case still fails alone). At most two volumes
     are in memory at a time.
+
+    Args:
+        cases: dataclass instances with a ``load`` field (e.g. :class:`doubleunet_segment.data.cases.Case`).
+        load: reads one case.
+
+    Yields:
+        Copies of the cases whose ``load`` returns the prefetched result once.
     """
     items = list(cases)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:

@@ -17,6 +17,8 @@ from torch import nn
 
 from ..networks.doubleunet import SIZE_MULTIPLE, DoubleUNet
 
+__all__ = ["OnnxNetwork", "export_onnx", "onnxruntime_providers"]
+
 
 class _Stage2(nn.Module):
     """The eval-mode prediction for inputs already padded to a multiple of 16 (nothing data-dependent to trace)."""
@@ -41,7 +43,13 @@ def onnxruntime_providers() -> list[str]:
 def export_onnx(net: DoubleUNet, path: str | Path, size: int = 64) -> Path:
     """Write ``net`` (eval mode, float32) as ONNX with dynamic batch, height and width; returns the path.
 
-    Uses the TorchScript-based exporter, which needs no onnxscript and takes a few seconds.
+    Uses the TorchScript-based exporter, which needs no onnxscript and takes a few seconds. The file is
+    written under a temporary name and renamed, so a cache never holds a half-written model.
+
+    Args:
+        net: the network (not modified: it is exported through a stage-2 wrapper in eval mode).
+        path: the ``.onnx`` file; its folder is created.
+        size: the example input's height and width (any multiple of 16; the axes are dynamic).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,7 +73,16 @@ def export_onnx(net: DoubleUNet, path: str | Path, size: int = 64) -> Path:
 
 
 class OnnxNetwork(nn.Module):
-    """A drop-in for the eval-mode DoubleU-Net: (N, C, H, W) float tensor in, stage-2 logits out."""
+    """A drop-in for the eval-mode DoubleU-Net: (N, C, H, W) float tensor in, stage-2 logits out.
+
+    Args:
+        path: the ``.onnx`` file written by :func:`export_onnx`.
+        device: ``cpu`` or ``cuda``; outputs are returned on the input's device.
+
+    Raises:
+        ImportError: onnxruntime is not installed.
+        RuntimeError: ``cuda`` was asked for but this ONNX Runtime has no CUDA execution provider.
+    """
 
     def __init__(self, path: str | Path, device: torch.device | str = "cpu") -> None:
         super().__init__()
@@ -83,6 +100,7 @@ class OnnxNetwork(nn.Module):
         self.path = Path(path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) -> (N, K, H, W) float32 logits, padded to a multiple of 16 and cropped back."""
         h, w = x.shape[2], x.shape[3]
         pad_h, pad_w = (-h) % SIZE_MULTIPLE, (-w) % SIZE_MULTIPLE
         if pad_h or pad_w:

@@ -23,6 +23,24 @@ from .. import paths
 from ..catalog import ModelSpec
 from .inferer import cpu_supports_bf16
 
+__all__ = [
+    "BACKENDS",
+    "MIN_DICE",
+    "PRECISIONS",
+    "VALIDATION_IMAGES",
+    "DecisionCache",
+    "PrecisionCheck",
+    "check_precision",
+    "choose_backend",
+    "choose_precision",
+    "device_name",
+    "mask_dice",
+    "reduced_precisions",
+    "time_call",
+    "validation_images",
+    "weights_key",
+]
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BACKENDS = ("auto", "torch", "onnx")
 MIN_DICE = 0.995  # reduced precision must reproduce the fp32 masks this closely
@@ -31,7 +49,14 @@ VALIDATION_IMAGES = 4
 
 @dataclass
 class PrecisionCheck:
-    """The outcome of :func:`check_precision`: accepted or not, and the Dice that decided it."""
+    """The outcome of :func:`check_precision`: accepted or not, and the Dice that decided it.
+
+    Attributes:
+        precision: the reduced precision checked (``bf16`` or ``fp16``).
+        accepted: the pooled Dice reached :data:`MIN_DICE`.
+        dice: the pooled Dice against float32 (NaN without images).
+        images: how many validation images were compared.
+    """
 
     precision: str
     accepted: bool
@@ -40,7 +65,14 @@ class PrecisionCheck:
 
 
 def mask_dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two label maps over their foreground labels pooled (1.0 when both are empty)."""
+    """Dice of two label maps over their foreground labels pooled (1.0 when both are empty).
+
+    Dice = 2|A ∩ B| / (|A| + |B|) per label value present in either map, then averaged over those values.
+
+    Args:
+        a: label map of any shape.
+        b: label map of the same shape.
+    """
     dices = []
     for value in sorted((set(np.unique(a)) | set(np.unique(b))) - {0}):
         x, y = a == value, b == value
@@ -55,6 +87,14 @@ def check_precision(
 
     The masks of all images are compared together, so one image with a tiny structure cannot veto
     the rest, while a systematic shift anywhere lowers the pooled Dice.
+
+    Args:
+        labels: ``labels(image, precision)`` -> the label map of one (C, X, Y, Z) image.
+        images: the validation images, each (C, X, Y, Z).
+        precision: ``bf16`` or ``fp16``.
+
+    Returns:
+        The check; not accepted (Dice NaN) when there are no images.
     """
     if not images:
         return PrecisionCheck(precision, False, float("nan"), 0)
@@ -72,19 +112,32 @@ def reduced_precisions(device: torch.device) -> list[str]:
 
 
 def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's processor name and core count: part of each cached decision's key."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{platform.processor() or platform.machine()} x{os.cpu_count()}"
 
 
 def weights_key(weights: Path) -> str:
-    """Identifies one weights file's content cheaply: path, size and modification time."""
+    """Identifies one weights file's content cheaply: path, size and modification time.
+
+    Raises:
+        FileNotFoundError: ``weights`` does not exist.
+    """
     st = Path(weights).stat()
     return f"{Path(weights).resolve()}|{st.st_size}|{st.st_mtime_ns}"
 
 
 class DecisionCache:
-    """A small JSON of past decisions, read also from ``<weights>.fastpath.json`` shipped beside the weights."""
+    """A small JSON of past decisions, read also from ``<weights>.fastpath.json`` shipped beside the weights.
+
+    Keys are the weights file (:func:`weights_key`), the device (:func:`device_name`) and what was decided
+    (a precision or ``backend``). An unreadable cache reads as empty; a cache that cannot be written is
+    skipped, so the decision is only made again next time.
+
+    Args:
+        path: the cache file; default ``decisions.json`` in :func:`doubleunet_segment.paths.cache_dir`.
+    """
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or paths.cache_dir() / "decisions.json"
@@ -96,11 +149,13 @@ class DecisionCache:
             return {}
 
     def get(self, weights: Path, device: torch.device, what: str) -> dict | None:
+        """The decision stored for this weights file, device and question, or None."""
         key = f"{weights_key(weights)}|{device_name(device)}|{what}"
         sidecar = self._read(Path(f"{weights}.fastpath.json")).get(f"{device_name(device)}|{what}")
         return self._read(self.path).get(key) or sidecar
 
     def put(self, weights: Path, device: torch.device, what: str, value: dict) -> None:
+        """Store ``value`` (stamped with the torch version and time), atomically."""
         key = f"{weights_key(weights)}|{device_name(device)}|{what}"
         data = self._read(self.path)
         data[key] = {**value, "torch": torch.__version__, "when": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -151,7 +206,22 @@ def choose_precision(
     images: Callable[[], list[np.ndarray]],
     cache: DecisionCache | None = None,
 ) -> tuple[str, str]:
-    """The precision to run at and why: ``choice`` if explicit, else the fastest reduced one that passes."""
+    """The precision to run at and why: ``choice`` if explicit, else the fastest reduced one that passes.
+
+    Args:
+        choice: one of :data:`PRECISIONS`.
+        device: where the model runs.
+        weights: the weights file the decision is cached for (None: not cached).
+        labels: ``labels(image, precision)`` -> label map, for :func:`check_precision`.
+        images: returns the validation images; called only when a check has to run.
+        cache: the decision cache (default :class:`DecisionCache`).
+
+    Returns:
+        ``fp32``, ``bf16`` or ``fp16`` and a sentence saying why.
+
+    Raises:
+        ValueError: ``choice`` is not one of :data:`PRECISIONS`.
+    """
     if choice not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {choice!r}")
     if choice != "auto":
@@ -199,7 +269,24 @@ def choose_backend(
 ) -> tuple[str, str]:
     """``torch`` or ``onnx`` and why; ``race()`` returns (torch seconds, onnx seconds) for one batch.
 
-    ``exportable`` is False for networks other than :class:`network.DoubleUNet` (custom bundles).
+    ``exportable`` is False for networks other than
+    :class:`doubleunet_segment.networks.doubleunet.DoubleUNet` (custom bundles).
+
+    Args:
+        choice: one of :data:`BACKENDS`.
+        device: where the model runs.
+        precision: the precision chosen; ONNX Runtime is raced only for ``fp32``.
+        weights: the weights file the decision is cached for (None: not cached).
+        race: times both backends; called only when no decision is cached.
+        cache: the decision cache (default :class:`DecisionCache`).
+        exportable: whether the network can be exported to ONNX.
+
+    Returns:
+        ``torch`` or ``onnx`` and a sentence saying why.
+
+    Raises:
+        ValueError: ``choice`` is not one of :data:`BACKENDS`.
+        RuntimeError: ``onnx`` was asked for but ONNX Runtime lacks the device's execution provider.
     """
     from .onnx_runtime import onnxruntime_providers
 

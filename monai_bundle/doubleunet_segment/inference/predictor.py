@@ -27,6 +27,16 @@ from .batching import OutOfMemory, default_batch_size, empty_slices, run_in_batc
 from .inferer import DoubleUNetInferer
 from .precision import choose_backend, choose_precision, time_call, validation_images, weights_key
 
+__all__ = [
+    "CHANNEL_AGNOSTIC",
+    "NEW_TENSOR_NORMALIZATIONS",
+    "SKIP_EMPTY_DEFAULT",
+    "Prediction",
+    "Predictor",
+    "ProgressCallback",
+    "pick_device",
+]
+
 # Skipping empty slices changes results wherever a model labels blank input as foreground (the
 # random-weight test models do, on the 34 zero slices of the MNI152 volume), so it is opt-in.
 SKIP_EMPTY_DEFAULT = False
@@ -37,7 +47,18 @@ ProgressCallback = Callable[[int, int], None]
 
 
 def pick_device(choice: str = "auto") -> tuple[torch.device, str]:
-    """The device to run on and a sentence saying why (users' most common question with GPU tools)."""
+    """The device to run on and a sentence saying why (users' most common question with GPU tools).
+
+    Args:
+        choice: ``auto`` (CUDA if visible, else CPU), ``cpu`` or ``cuda``.
+
+    Returns:
+        The device and the reason, e.g. ``auto: CUDA device found (NVIDIA H200)``.
+
+    Raises:
+        RuntimeError: ``cuda`` was asked for but no CUDA device is usable.
+        ValueError: ``choice`` is none of the three.
+    """
     if choice == "cpu":
         return torch.device("cpu"), "CPU requested"
     built = torch.backends.cuda.is_built()
@@ -58,6 +79,17 @@ def pick_device(choice: str = "auto") -> tuple[torch.device, str]:
 
 @dataclass
 class Prediction:
+    """What :meth:`Predictor.segment` returns for one volume.
+
+    Attributes:
+        probabilities: (K, X, Y, Z) float32 in [0, 1] (K = 1: foreground), or None when not kept.
+        labels: (X, Y, Z) uint8 label map, 0 = background.
+        device: where it ran, e.g. ``cuda`` or ``cpu``.
+        device_reason: why there.
+        skipped: empty slices labelled background without running the network.
+        notes: things a person should know (batch-size fallbacks, a CPU fallback).
+    """
+
     probabilities: np.ndarray | None  # (K, X, Y, Z) float32; K = 1 (foreground); None if not kept
     labels: np.ndarray  # (X, Y, Z) uint8
     device: str
@@ -70,7 +102,7 @@ class Predictor:
     """A loaded model ready to segment volumes.
 
     Args:
-        spec: the model to run (see :func:`models.resolve_model`).
+        spec: the model to run (see :func:`doubleunet_segment.catalog.resolve_model`).
         device: ``auto``, ``cpu`` or ``cuda``.
         batch_size: slices per forward pass (None: a default for the device).
         tta: average over flipped copies (3x the compute).
@@ -82,6 +114,11 @@ class Predictor:
         skip_empty: label slices whose voxels all lie at or below ``background`` as background
             without running the network (None: :data:`SKIP_EMPTY_DEFAULT`).
         background: the skip threshold in input units (None: the volume's minimum).
+
+    Raises:
+        RuntimeError: ``device`` is ``cuda`` without a usable CUDA device.
+        ValueError: an unknown ``device``, ``precision`` or ``backend``, or weights that do not fit the spec.
+        FileNotFoundError: the spec's weights file does not exist (and no ``network`` is given).
     """
 
     def __init__(
@@ -134,6 +171,7 @@ class Predictor:
 
     @property
     def batch_size(self) -> int:
+        """Slices per forward pass (it shrinks after an out-of-memory error)."""
         return self.inferer.sw_batch_size
 
     def _weights(self) -> Path | None:
@@ -291,7 +329,17 @@ class Predictor:
     ) -> np.ndarray:
         """(C, X, Y, Z) volume -> (K, X, Y, Z) float32 probabilities, along the model's slice axis.
 
-        ``chunk`` (slices per forward pass) overrides the predictor's batch size for this call.
+        Args:
+            volume: (C, X, Y, Z) in input units; a 2D image is (C, H, W, 1). Grey volumes are expanded
+                for RGB models and RGB averaged for grey ones. Not modified.
+            progress: called with (slices done, slices in total) after each batch.
+            chunk: slices per forward pass for this call, instead of the predictor's batch size.
+
+        Returns:
+            (K, X, Y, Z) float32 probabilities (K = 1 for binary models).
+
+        Raises:
+            ValueError: ``volume`` is not 4D, or its channels do not fit the model.
         """
         saved = self.inferer.sw_batch_size
         if chunk:
@@ -310,7 +358,19 @@ class Predictor:
     ) -> Prediction:
         """Probabilities (if kept) and labels; labels are made per batch, so without probabilities a
         512x512x600 volume needs only its own memory plus a uint8 label map. A model whose spec says
-        ``largest_component`` gets its labels (not its probabilities) cut to one piece per class."""
+        ``largest_component`` gets its labels (not its probabilities) cut to one piece per class.
+
+        Args:
+            volume: (C, X, Y, Z) in input units, as for :meth:`predict`; not modified.
+            progress: called with (slices done, slices in total) after each batch.
+            keep_probabilities: also return the (K, X, Y, Z) probabilities.
+
+        Returns:
+            The :class:`Prediction`.
+
+        Raises:
+            ValueError: ``volume`` is not 4D, or its channels do not fit the model.
+        """
         axis = self.inferer.slice_axis
         shape = volume.shape[1:]
         labels = np.zeros(shape, dtype=np.uint8)

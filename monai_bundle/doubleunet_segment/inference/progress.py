@@ -5,9 +5,10 @@ The events and their fields are defined once, in :mod:`.protocol`.
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import TYPE_CHECKING, Any
+
+from . import protocol
 
 if TYPE_CHECKING:
     from ..data.cases import Case
@@ -28,21 +29,27 @@ class Reporter:
             self.overall = tqdm(total=n_cases, desc="cases", unit="case", position=0, file=sys.stderr)
 
     def event(self, **data: Any) -> None:
+        """One protocol event: ``event=`` names its kind, the other keywords are its fields.
+
+        Raises:
+            ValueError: an event or field :data:`.protocol.EVENTS` does not define.
+        """
+        line = protocol.encode(data)  # checked in every mode, so a bar run catches a bad event too
         if self.mode == "json":
-            print(json.dumps(data), flush=True)
-        elif self.mode == "bar" and data["event"] in ("note", "device", "error"):
+            print(line, flush=True)
+        elif self.mode == "bar" and data[protocol.EVENT_KEY] in (protocol.NOTE, protocol.DEVICE, protocol.ERROR):
             text = data.get("message") or data.get("reason")
             self._tqdm.write(f"{data.get('case', '')}: {text}" if data.get("case") else str(text), file=sys.stderr)
 
     def start_case(self, case: Case, total: int) -> None:
-        self.event(event="start", case=case.name, total=total)
+        self.event(event=protocol.START, case=case.name, total=total)
         if self.mode == "bar":
             self.bar = self._tqdm(
                 total=total, desc=case.name[:30], unit="slice", position=1, leave=False, file=sys.stderr
             )
 
     def progress(self, case: Case, done: int, total: int) -> None:
-        self.event(event="progress", case=case.name, done=done, total=total)
+        self.event(event=protocol.PROGRESS, case=case.name, done=done, total=total)
         if self.bar is not None:
             self.bar.n = done
             self.bar.refresh()
@@ -54,9 +61,11 @@ class Reporter:
         if self.overall is not None:
             self.overall.update(1)
         if result.ok:
-            self.event(event="done", case=result.case.name, seconds=round(result.seconds, 2), outputs=result.outputs)
+            self.event(
+                event=protocol.DONE, case=result.case.name, seconds=round(result.seconds, 2), outputs=result.outputs
+            )
         else:
-            self.event(event="error", case=result.case.name, message=result.message)
+            self.event(event=protocol.ERROR, case=result.case.name, message=result.message)
 
     def close(self) -> None:
         if self.overall is not None:

@@ -4,13 +4,17 @@ Each input becomes one or more cases (every DICOM series is a case); each case g
 NIfTI label map on the source geometry, a ``segments.json`` of names/colours/codes, a DICOM SEG for DICOM
 input, and PNGs a person can look at. A failed case is reported and the rest still run. Inputs are never
 written to; outputs are written atomically and never overwritten unless asked.
+
+The end-of-run table goes to this module's logger at INFO, one record per line: the CLI shows it on stderr
+(:func:`doubleunet_segment.cli.show_log_on_stderr`), ``monai.bundle run`` through the bundle's
+``configs/logging.conf``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,14 +25,38 @@ from ..data.atomic import atomic_write_text, refuse_overwrite
 from ..data.cases import Case, Volume, discover
 from ..data.nifti_io import write_nifti
 from ..data.overlay import blend, mask_png, orthogonal_views, save_png
+from . import protocol
 from .batching import prefetch
 from .predictor import Prediction, Predictor
 from .progress import Reporter
+
+__all__ = [
+    "FORMATS",
+    "CaseResult",
+    "check_output_location",
+    "log_summary",
+    "parse_formats",
+    "run_case",
+    "segment_cases",
+    "segment_inputs",
+    "summary_lines",
+    "write_outputs",
+]
+
+logger = logging.getLogger(__name__)
 
 FORMATS = ("nifti", "dicom-seg", "png", "seg-nrrd")
 
 
 def parse_formats(text: str | None) -> set[str]:
+    """The output formats of ``--format``.
+
+    Args:
+        text: comma-separated names from :data:`FORMATS`, or None for all of them.
+
+    Raises:
+        ValueError: an unknown name, or none at all.
+    """
     if text is None:
         return set(FORMATS)
     chosen = {f.strip() for f in text.split(",") if f.strip()}
@@ -40,6 +68,18 @@ def parse_formats(text: str | None) -> set[str]:
 
 @dataclass
 class CaseResult:
+    """How one case went.
+
+    Attributes:
+        case: the case.
+        ok: every output was written.
+        seconds: wall time from reading to the last file.
+        slices: slices segmented (along the model's slice axis; 1 for a 2D image).
+        voxels: foreground voxels in the label map.
+        outputs: kind (``segments``, ``nifti``, ``dicom-seg``, ...) -> path written.
+        message: ``ExceptionType: message`` of a failed case.
+    """
+
     case: Case
     ok: bool
     seconds: float = 0.0
@@ -71,7 +111,19 @@ def _planned_outputs(case_dir: Path, volume: Volume, formats: set[str], save_pro
 def write_outputs(
     case_dir: Path, volume: Volume, seg: Prediction, spec: ModelSpec, planned: dict[str, Path], overwrite: bool
 ) -> None:
-    """Every planned file, each written atomically; ``segments.json`` last, so its presence means done."""
+    """Every planned file, each written atomically; ``segments.json`` last, so its presence means done.
+
+    Args:
+        case_dir: the case's output folder.
+        volume: the input, its ``array`` (C, X, Y, Z) and ``affine`` (4x4, RAS mm) giving the output grid.
+        seg: the prediction, ``labels`` (X, Y, Z) on the input's grid.
+        spec: the model (segment names, colours and codes; threshold).
+        planned: kind -> path, as planned for the case.
+        overwrite: replace existing files.
+
+    Raises:
+        FileExistsError: a file exists and ``overwrite`` is False.
+    """
     segments = spec.segment_infos()
     if "nifti" in planned:
         write_nifti(seg.labels, volume.affine, planned["nifti"], overwrite=overwrite)
@@ -113,7 +165,15 @@ def write_outputs(
 
 
 def check_output_location(output: Path, inputs: list[str]) -> None:
-    """Refuse an output folder inside (or equal to) an input folder: inputs are never written to."""
+    """Refuse an output folder inside (or equal to) an input folder: inputs are never written to.
+
+    Args:
+        output: the output folder (need not exist).
+        inputs: the input paths; only folders among them count.
+
+    Raises:
+        ValueError: ``output`` lies inside an input folder.
+    """
     out = output.expanduser().resolve()
     for item in inputs:
         src = Path(item).expanduser().resolve()
@@ -125,12 +185,21 @@ def check_output_location(output: Path, inputs: list[str]) -> None:
 def run_case(
     case: Case, predictor: Predictor, args: argparse.Namespace, formats: set[str], reporter: Reporter
 ) -> CaseResult:
+    """Read, segment and write one case; any error is caught and reported in the result.
+
+    Args:
+        case: the case to segment.
+        predictor: the loaded model.
+        args: ``output`` (folder), ``overwrite`` and ``save_probabilities``.
+        formats: the outputs to write (see :func:`parse_formats`).
+        reporter: receives the case's notes and progress.
+    """
     start = time.monotonic()
     case_dir = args.output / case.name
     try:
         volume = case.load()
         for note in volume.warnings:
-            reporter.event(event="note", case=case.name, message=note)
+            reporter.event(event=protocol.NOTE, case=case.name, message=note)
         planned = _planned_outputs(case_dir, volume, formats, args.save_probabilities)
         for path in planned.values():
             refuse_overwrite(path, args.overwrite)
@@ -141,7 +210,7 @@ def run_case(
             volume.array, lambda done, total: reporter.progress(case, done, total), args.save_probabilities
         )
         for note in seg.notes + ([f"{seg.skipped} empty slice(s) labelled background"] if seg.skipped else []):
-            reporter.event(event="note", case=case.name, message=note)
+            reporter.event(event=protocol.NOTE, case=case.name, message=note)
         write_outputs(case_dir, volume, seg, predictor.spec, planned, args.overwrite)
         voxels = int((seg.labels > 0).sum())
         return CaseResult(case, True, time.monotonic() - start, n, voxels, {k: str(v) for k, v in planned.items()})
@@ -149,8 +218,8 @@ def run_case(
         return CaseResult(case, False, time.monotonic() - start, message=f"{type(err).__name__}: {err}")
 
 
-def print_summary(results: list[CaseResult], stream=None) -> None:
-    stream = stream or sys.stderr
+def summary_lines(results: list[CaseResult]) -> list[str]:
+    """The end-of-run table: a header, one row per case, and ``N of M case(s) segmented, F failed``."""
     rows = [("case", "study", "series", "slices", "seconds", "voxels", "result")]
     for r in results:
         rows.append(
@@ -165,10 +234,15 @@ def print_summary(results: list[CaseResult], stream=None) -> None:
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1], file=stream)
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1] for row in rows]
     failed = sum(not r.ok for r in results)
-    print(f"{len(results) - failed} of {len(results)} case(s) segmented, {failed} failed", file=stream)
+    return [*lines, f"{len(results) - failed} of {len(results)} case(s) segmented, {failed} failed"]
+
+
+def log_summary(results: list[CaseResult]) -> None:
+    """Log :func:`summary_lines` at INFO, one record per line (so a log format's prefix keeps the columns)."""
+    for line in summary_lines(results):
+        logger.info("%s", line)
 
 
 def segment_inputs(
@@ -180,7 +254,25 @@ def segment_inputs(
     save_probabilities: bool = False,
     progress: str = "bar",
 ) -> list[CaseResult]:
-    """Segment every case of ``inputs`` into ``output``; the bundle's inference config calls this."""
+    """Segment every case of ``inputs`` into ``output``; the bundle's inference config calls this.
+
+    Args:
+        inputs: DICOM folders (searched recursively), volume files or 2D images.
+        output: the output folder; one subfolder per case.
+        predictor: the loaded model.
+        formats: comma-separated :data:`FORMATS`, or None for all that apply.
+        overwrite: replace existing outputs.
+        save_probabilities: also write ``probabilities.nii.gz``.
+        progress: ``bar``, ``json`` (protocol events on stdout) or ``none``.
+
+    Returns:
+        One result per case; a failed case does not stop the others.
+
+    Raises:
+        ValueError: ``output`` lies inside an input folder, an input file is neither a volume nor an
+            image, or ``formats`` names an unknown format.
+        FileNotFoundError: an input does not exist, or a folder holds no DICOM image series.
+    """
     check_output_location(Path(output), inputs)
     cases, notes = discover(inputs)
     options = argparse.Namespace(
@@ -197,14 +289,30 @@ def segment_cases(
     cases: list[Case], notes: list[str], predictor: Predictor, options: argparse.Namespace
 ) -> list[CaseResult]:
     """Segment ``cases``; ``options`` carries the command line's output, format, overwrite,
-    save_probabilities and progress."""
+    save_probabilities and progress.
+
+    Progress and notes go to a :class:`Reporter`; unless ``progress`` is ``json``, the table of
+    :func:`summary_lines` is logged at the end (:func:`log_summary`).
+
+    Args:
+        cases: the cases, as :func:`doubleunet_segment.data.cases.discover` found them.
+        notes: discovery's notes, reported first.
+        predictor: the loaded model.
+        options: ``output``, ``format``, ``overwrite``, ``save_probabilities``, ``progress``.
+
+    Returns:
+        One result per case.
+
+    Raises:
+        ValueError: ``options.format`` names an unknown format.
+    """
     progress = options.progress
     chosen = parse_formats(options.format)
     reporter = Reporter(progress, len(cases))
-    reporter.event(event="device", device=str(predictor.device), reason=predictor.device_reason)
-    reporter.event(event="note", message=f"fast path: {predictor.path_reason}")
+    reporter.event(event=protocol.DEVICE, device=str(predictor.device), reason=predictor.device_reason)
+    reporter.event(event=protocol.NOTE, message=f"fast path: {predictor.path_reason}")
     for note in notes:
-        reporter.event(event="note", message=note)
+        reporter.event(event=protocol.NOTE, message=note)
     results = []
     for case in prefetch(cases):  # the next case is read while this one is segmented
         result = run_case(case, predictor, options, chosen, reporter)
@@ -212,5 +320,5 @@ def segment_cases(
         results.append(result)
     reporter.close()
     if progress != "json":
-        print_summary(results)
+        log_summary(results)
     return results

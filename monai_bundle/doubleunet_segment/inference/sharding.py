@@ -10,9 +10,15 @@ import os
 
 import torch
 
+__all__ = ["local_device", "shard_of"]
+
 
 def shard_of(text: str | None = None) -> tuple[int, int]:
-    """(rank, world size) from ``R/N`` (``--shard``), else from torchrun's ``RANK``/``WORLD_SIZE``."""
+    """(rank, world size) from ``R/N`` (``--shard``), else from torchrun's ``RANK``/``WORLD_SIZE``.
+
+    Raises:
+        ValueError: ``text`` is not two integers ``R/N`` with 0 <= R < N.
+    """
     if text:
         try:
             rank, world = (int(v) for v in text.split("/"))
@@ -25,7 +31,12 @@ def shard_of(text: str | None = None) -> tuple[int, int]:
 
 
 def local_device(choice: str, rank: int) -> str:
-    """The predictor's device choice; under torchrun each rank is pinned to its own GPU first."""
+    """The predictor's device choice; under torchrun each rank is pinned to its own GPU first.
+
+    Args:
+        choice: ``auto``, ``cpu`` or ``cuda``, returned unchanged.
+        rank: this process's rank, used for the GPU when ``LOCAL_RANK`` is not set.
+    """
     if choice != "cpu" and torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", 1)) > 1:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
     return choice

@@ -5,9 +5,9 @@ well under one. The 3D Slicer effect's "Preview" keeps this process running so a
 about a second on a CPU. It reuses the CLI's case runner and output writer, so files and JSON events are
 exactly those of ``doubleunet-segment --progress json``; every event carries the request's ``id``.
 
-Protocol (one JSON object per line):
+Protocol (one JSON object per line; events, fields and request keys are defined in :mod:`.protocol`):
 
-- start: ``python -m doubleunet_segment.worker --model NAME_OR_PATH --device auto``; it answers
+- start: ``python -m doubleunet_segment.inference.worker --model NAME_OR_PATH --device auto``; it answers
   ``{"event": "device", ...}`` and then ``{"event": "ready", "model": ..., "slice_axis": ..., "segments": [...]}``.
 - request: ``{"id": "1", "input": "vol.nii.gz", "output": "OUTDIR", "name": "case", "slices": [k0, k1],
   "threshold": 0.5, "save_probabilities": true}``; ``slices`` (optional) segments only slices
@@ -30,6 +30,7 @@ import numpy as np
 from ..catalog import resolve_model
 from ..data.cases import Case, Volume, read_volume_file, safe_name
 from ..transforms import ProbabilitiesToLabels
+from . import protocol
 from .predictor import Predictor
 from .progress import Reporter
 from .runner import run_case
@@ -44,7 +45,7 @@ class RequestReporter(Reporter):
         self.stream = stream
 
     def event(self, **data: Any) -> None:
-        self.stream.write(json.dumps({**data, "id": self.request_id}) + "\n")
+        self.stream.write(protocol.encode({**data, protocol.REQUEST_ID: self.request_id}) + "\n")
         self.stream.flush()
 
 
@@ -86,7 +87,8 @@ class Worker:
         self.default_threshold = predictor.spec.threshold
 
     def emit(self, **data: Any) -> None:
-        self.out.write(json.dumps(data) + "\n")
+        """One protocol event (``event=`` names its kind); raises ValueError for one the protocol lacks."""
+        self.out.write(protocol.encode(data) + "\n")
         self.out.flush()
 
     def _set_threshold(self, threshold: float | None) -> None:
@@ -99,9 +101,9 @@ class Worker:
 
     def handle(self, request: dict[str, Any]) -> bool:
         """Answer one request; False when asked to stop."""
-        if request.get("command") == "quit":
+        if request.get("command") == protocol.QUIT["command"]:
             return False
-        request_id = str(request.get("id", ""))
+        request_id = str(request.get(protocol.REQUEST_ID, ""))
         try:
             source = Path(request["input"]).expanduser()
             output = Path(request["output"]).expanduser()
@@ -109,8 +111,8 @@ class Worker:
             slices = request.get("slices")
             self._set_threshold(request.get("threshold"))
         except (KeyError, TypeError, ValueError) as err:
-            self.emit(event="error", id=request_id, message=f"bad request: {type(err).__name__}: {err}")
-            self.emit(event="idle", id=request_id)
+            self.emit(event=protocol.ERROR, id=request_id, message=f"bad request: {type(err).__name__}: {err}")
+            self.emit(event=protocol.IDLE, id=request_id)
             return True
         axis = self.predictor.inferer.slice_axis
 
@@ -126,7 +128,7 @@ class Worker:
         reporter = RequestReporter(request_id, self.out)
         result = run_case(Case(name, str(source), "volume", load), self.predictor, args, {"nifti"}, reporter)
         reporter.end_case(result)
-        self.emit(event="idle", id=request_id)
+        self.emit(event=protocol.IDLE, id=request_id)
         return True
 
     def serve(self, lines: TextIO) -> None:
@@ -136,10 +138,10 @@ class Worker:
             try:
                 request = json.loads(line)
             except json.JSONDecodeError as err:
-                self.emit(event="error", message=f"bad request: not JSON ({err})")
+                self.emit(event=protocol.ERROR, message=f"bad request: not JSON ({err})")
                 continue
             if not isinstance(request, dict):
-                self.emit(event="error", message="bad request: expected a JSON object")
+                self.emit(event=protocol.ERROR, message="bad request: expected a JSON object")
                 continue
             if not self.handle(request):
                 break
@@ -157,9 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         p.exit(2, f"doubleunet-segment-worker: error: {err}\n")
     worker = Worker(predictor)
-    worker.emit(event="device", device=str(predictor.device), reason=predictor.device_reason)
+    worker.emit(event=protocol.DEVICE, device=str(predictor.device), reason=predictor.device_reason)
     worker.emit(
-        event="ready",
+        event=protocol.READY,
         model=predictor.spec.name,
         slice_axis=predictor.inferer.slice_axis,
         threshold=predictor.spec.threshold,

@@ -14,6 +14,18 @@ from torch import nn
 
 from .vgg19 import VGG19Encoder
 
+__all__ = [
+    "ASPP",
+    "BN_EPS",
+    "BN_MOMENTUM",
+    "SIZE_MULTIPLE",
+    "ConvBlock",
+    "Decoder",
+    "DoubleUNet",
+    "Encoder2",
+    "SqueezeExcite",
+]
+
 # Keras BatchNormalization defaults (momentum 0.99 in Keras is 0.01 in PyTorch's convention).
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.01
@@ -25,7 +37,15 @@ def _bn(channels: int) -> nn.BatchNorm2d:
 
 
 class SqueezeExcite(nn.Module):
-    """Channel attention without dense biases, as the paper's code has it (MONAI's ChannelSELayer adds biases)."""
+    """Channel attention without dense biases, as the paper's code has it (MONAI's ChannelSELayer adds biases).
+
+    Squeeze-and-excitation (Hu et al., CVPR 2018): global average pool, dense C -> C/ratio, ReLU, dense
+    C/ratio -> C, sigmoid, channel-wise scaling. ``forward`` maps (B, C, H, W) to (B, C, H, W).
+
+    Args:
+        channels: C, the input channels.
+        ratio: the reduction ratio of the hidden layer.
+    """
 
     def __init__(self, channels: int, ratio: int = 8) -> None:
         super().__init__()
@@ -39,7 +59,10 @@ class SqueezeExcite(nn.Module):
 
 
 class ConvBlock(nn.Module):
-    """Two 3x3 conv + BN + ReLU, then squeeze-and-excite: the paper's ``conv_block``."""
+    """Two 3x3 conv + BN + ReLU, then squeeze-and-excite: the paper's ``conv_block``.
+
+    ``forward`` maps (B, in_channels, H, W) to (B, out_channels, H, W).
+    """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
@@ -59,6 +82,11 @@ class ASPP(nn.Module):
     """Atrous spatial pyramid pooling with a whole-map pooling branch and dilations 1, 6, 12, 18.
 
     MONAI's SimpleASPP has neither the pooling branch nor BatchNorm after each branch, so it is built here.
+    ``forward`` maps (B, in_channels, H, W) to (B, out_channels, H, W).
+
+    Args:
+        in_channels: channels of the encoder output.
+        out_channels: channels of every branch and of the projection.
     """
 
     def __init__(self, in_channels: int, out_channels: int = 64) -> None:
@@ -98,7 +126,13 @@ class ASPP(nn.Module):
 
 
 class Decoder(nn.Module):
-    """x2 bilinear upsampling, concatenation with the skips of that size (deepest first), conv_block."""
+    """x2 bilinear upsampling, concatenation with the skips of that size (deepest first), conv_block.
+
+    Args:
+        in_channels: channels of the bridge (the ASPP output).
+        skip_channels: total skip channels concatenated at each level, deepest first.
+        filters: output channels of each level's conv_block.
+    """
 
     def __init__(self, in_channels: int, skip_channels: list[int], filters: list[int]) -> None:
         super().__init__()
@@ -109,6 +143,12 @@ class Decoder(nn.Module):
         self.blocks = nn.ModuleList(blocks)
 
     def forward(self, x: torch.Tensor, skips: list[list[torch.Tensor]]) -> torch.Tensor:
+        """Decode ``x`` (B, C, H, W) to (B, filters[-1], H * 2**L, W * 2**L) for L levels.
+
+        Args:
+            x: the bridge, (B, in_channels, H, W).
+            skips: per level (deepest first), the skip tensors at twice the previous level's size.
+        """
         for i, block in enumerate(self.blocks):
             x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
             x = block(torch.cat([x] + skips[i], dim=1))
@@ -116,7 +156,14 @@ class Decoder(nn.Module):
 
 
 class Encoder2(nn.Module):
-    """The second U-Net's encoder: conv_block then 2x2 max pool, keeping each block's output as a skip."""
+    """The second U-Net's encoder: conv_block then 2x2 max pool, keeping each block's output as a skip.
+
+    ``forward`` returns the pooled output (B, filters[-1], H / 2**L, W / 2**L) and the L skips, shallowest first.
+
+    Args:
+        in_channels: channels of the input (3: the masked image).
+        filters: output channels of each block.
+    """
 
     def __init__(self, in_channels: int, filters: list[int]) -> None:
         super().__init__()
@@ -148,6 +195,9 @@ class DoubleUNet(nn.Module):
     ``forward`` returns logits. In training mode it returns both stages concatenated along channels
     (``2 * out_channels``, the Keras model's layout) so a loss can supervise each; in eval mode only
     stage 2, the prediction. Any H x W works: the input is padded to a multiple of 16 and cropped back.
+
+    Raises:
+        ValueError: ``in_channels`` is not 1 or 3, or ``out_channels`` is below 1.
 
     Example::
 
@@ -189,7 +239,14 @@ class DoubleUNet(nn.Module):
         return 1.0 - torch.softmax(logits, dim=1)[:, :1]
 
     def forward_stages(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits of stage 1 and stage 2 for an input whose H and W are multiples of 16."""
+        """Logits of stage 1 and stage 2 for an input whose H and W are multiples of 16.
+
+        Args:
+            x: (B, in_channels, H, W), H and W multiples of 16.
+
+        Returns:
+            Stage 1's and stage 2's logits, each (B, out_channels, H, W).
+        """
         if self.in_channels == 1:
             x = x.expand(-1, 3, -1, -1)
         bridge, skips1 = self.encoder1(x)
@@ -201,6 +258,15 @@ class DoubleUNet(nn.Module):
         return out1, out2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch of images of any size.
+
+        Args:
+            x: (B, in_channels, H, W), intensities normalised as in training.
+
+        Returns:
+            (B, 2 * out_channels, H, W) in training mode (stage 1 then stage 2), (B, out_channels, H, W)
+            in eval mode.
+        """
         h, w = x.shape[2], x.shape[3]
         pad_h = (-h) % 16  # four 2x2 poolings: SIZE_MULTIPLE (a literal so TorchScript compiles it)
         pad_w = (-w) % 16

@@ -14,9 +14,19 @@ from torch import nn
 
 from .doubleunet import DoubleUNet
 
+__all__ = ["keras_layer_map", "load_keras_weights"]
+
 
 def keras_layer_map(model: DoubleUNet) -> dict[str, nn.Module]:
-    """Keras layer name -> our module, for every layer that holds weights."""
+    """Keras layer name -> our module, for every layer that holds weights.
+
+    Args:
+        model: the network whose modules are mapped.
+
+    Returns:
+        ``block{b}_conv{c}`` for the VGG19 convs, then ``conv2d``, ``conv2d_1``, ..., ``batch_normalization*``
+        and ``dense*`` in creation order.
+    """
     layers: dict[str, nn.Module] = {}
     vgg = model.encoder1.conv_layers()
     blocks = [2, 2, 4, 4, 4]
@@ -62,7 +72,17 @@ def _to_torch(kind: str, module: nn.Module, value: np.ndarray) -> tuple[torch.Te
 
 
 def load_keras_weights(model: DoubleUNet, weights: dict[str, np.ndarray]) -> None:
-    """Set every weight of ``model`` from ``{"layer/kind": array}`` in Keras layout; all must be present."""
+    """Set every weight of ``model`` from ``{"layer/kind": array}`` in Keras layout; all must be present.
+
+    Args:
+        model: the network to fill, in place.
+        weights: ``"layer/kind"`` -> array, kind one of ``kernel``, ``bias``, ``gamma``, ``beta``,
+            ``moving_mean``, ``moving_variance``. Conv kernels are (kh, kw, in, out) and dense kernels
+            (in, out), as Keras stores them; they are transposed to PyTorch's layout here.
+
+    Raises:
+        ValueError: a weight is missing or unknown, or its shape does not match.
+    """
     layers = keras_layer_map(model)
     expected = set()
     for name, module in layers.items():

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+__all__ = ["STAGES", "TORCHVISION_INDEX", "VGG19Encoder"]
+
 # Output channels of the 16 convs, per stage; a 2x2 max pool opens every stage but the first.
 STAGES: tuple[tuple[int, ...], ...] = ((64, 64), (128, 128), (256,) * 4, (512,) * 4, (512,) * 4)
 
@@ -36,7 +38,10 @@ TORCHVISION_INDEX = _torchvision_indices()
 
 
 class VGG19Encoder(nn.Module):
-    """Returns the block5_conv4 bridge (1/16 size) and the four skips block1_conv2 .. block4_conv4."""
+    """Returns the block5_conv4 bridge (1/16 size) and the four skips block1_conv2 .. block4_conv4.
+
+    VGG19 is Simonyan & Zisserman, ICLR 2015 (configuration E), without its classifier.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -56,6 +61,12 @@ class VGG19Encoder(nn.Module):
             nn.init.zeros_(conv.bias)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Encode (B, 3, H, W), H and W multiples of 16.
+
+        Returns:
+            The bridge (B, 512, H/16, W/16) and the skips (B, 64, H, W), (B, 128, H/2, W/2),
+            (B, 256, H/4, W/4), (B, 512, H/8, W/8).
+        """
         skips: list[torch.Tensor] = []
         for stage in self.stages:
             x = stage(x)
@@ -71,6 +82,13 @@ class VGG19Encoder(nn.Module):
 
         A missing key or a shape that differs is an error naming it: a partial load would silently
         train from a half-random encoder.
+
+        Args:
+            source: a ``.pth`` file or a state dict (optionally under ``"state_dict"``).
+
+        Raises:
+            FileNotFoundError: ``source`` is a path that does not exist.
+            ValueError: a conv's key is missing or has another shape (all problems are listed).
         """
         if isinstance(source, (str, Path)):
             path = Path(source)

@@ -8,9 +8,21 @@ import torch
 
 from .doubleunet import DoubleUNet
 
+__all__ = ["half_storage", "load_state", "load_weights", "stored_in_float16"]
+
 
 def load_state(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from a plain ``model.pt`` or from a training checkpoint (``{"network": ...}``)."""
+    """A state dict from a plain ``model.pt`` or from a training checkpoint (``{"network": ...}``).
+
+    Args:
+        path: the weights file.
+
+    Returns:
+        Name -> tensor with any DDP ``module.`` prefix removed and floating-point tensors in float32.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+    """
     if not path.is_file():
         raise FileNotFoundError(
             f"model weights not found: {path}. Train one with `python -m monai.bundle run training "
@@ -24,7 +36,19 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_weights(net: DoubleUNet, path: str | Path) -> DoubleUNet:
-    """``net`` with the weights of ``path`` (plain state dict or training checkpoint), in eval mode."""
+    """``net`` with the weights of ``path`` (plain state dict or training checkpoint), in eval mode.
+
+    Args:
+        net: the network to load into, in place.
+        path: the weights file.
+
+    Returns:
+        ``net`` itself, in eval mode.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the weights do not fit ``net`` (the message names the file and the channels).
+    """
     try:
         net.load_state_dict(load_state(Path(path)))
     except RuntimeError as err:
@@ -44,6 +68,12 @@ def half_storage(net: torch.nn.Module) -> torch.nn.Module:
 
     Call ``.float()`` on it (or on its TorchScript export) before running it: float16 compute on a CPU is
     slow and overflows.
+
+    Args:
+        net: the network to convert, in place.
+
+    Returns:
+        ``net`` itself.
     """
     for key, tensor in [*net.named_parameters(), *net.named_buffers()]:
         if stored_in_float16(key, tensor):

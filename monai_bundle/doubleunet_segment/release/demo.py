@@ -20,22 +20,42 @@ from PIL import Image
 
 from .. import paths
 from ..catalog import read_catalog
+from ..cli import show_log_on_stderr
 from ..data.overlay import blend, save_png
 from ..inference.predictor import Predictor
 from ..inference.runner import segment_inputs
 from ..training.evaluation import case_metrics
 
+__all__ = ["main", "polyp_grid", "pydicom_samples", "validation_items"]
+
 REPO = paths.SOURCE_BUNDLE.parent
 
 
 def validation_items(name: str, samples: Path, dataset: str, count: int) -> list[dict]:
+    """The first ``count`` validation items of ``configs/datalist_<name>.json`` from ``dataset``.
+
+    Returns:
+        ``{"image": path, "label": path}`` dicts, absolute under ``samples``.
+
+    Raises:
+        FileNotFoundError: the datalist does not exist.
+    """
     datalist = json.loads((paths.configs_dir() / f"datalist_{name}.json").read_text())
     items = [d for d in datalist["validation"] if d.get("dataset", dataset) == dataset]
     return [{k: str(samples / v) for k, v in d.items() if k in ("image", "label")} for d in items[:count]]
 
 
 def polyp_grid(results_dir: Path, items: list[dict], out: Path) -> list[float]:
-    """Rows of frame | prediction | ground truth, so a person can judge the model at a glance."""
+    """Rows of frame | prediction | ground truth, so a person can judge the model at a glance.
+
+    Args:
+        results_dir: the batch run's output folder, holding ``<frame>/mask.png`` per item.
+        items: the frames' ``image`` and ``label`` paths.
+        out: the picture to write.
+
+    Returns:
+        The Dice of each frame's prediction against its ground truth.
+    """
     spec = read_catalog()["polyp"]
     segs = spec.segment_infos()
     rows, dices = [], []
@@ -54,7 +74,14 @@ def polyp_grid(results_dir: Path, items: list[dict], out: Path) -> list[float]:
 
 
 def pydicom_samples(tmp: Path) -> list[str]:
-    """Real CT and MR DICOM files from pydicom's own test data, each copied into its own folder."""
+    """Real CT and MR DICOM files from pydicom's own test data, each copied into its own folder.
+
+    Args:
+        tmp: the folder to copy them into.
+
+    Returns:
+        The folders made (fewer where pydicom's test data lacks a file).
+    """
     from pydicom.data import get_testdata_file
 
     folders = []
@@ -69,6 +96,12 @@ def pydicom_samples(tmp: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``make demo``: segment the samples with both shipped models and print what to look at.
+
+    Returns:
+        0 when at least one picture was made, 1 when there were no weights or samples to make one.
+    """
+    show_log_on_stderr()  # the batch runs' end-of-run tables
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=Path, default=None, help="sample data folder (default $DOUBLEUNET_SAMPLES)")
     parser.add_argument("-o", "--output", type=Path, default=REPO / "outputs" / "demo")

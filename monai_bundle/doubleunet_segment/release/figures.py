@@ -14,9 +14,15 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .. import paths  # noqa: E402
 
+__all__ = ["main", "plot_run_comparison", "plot_training_curves", "read_epochs", "validation_figure"]
+
 
 def read_epochs(metrics_csv: str | Path) -> tuple[list[dict], str]:
-    """A run's ``metrics.csv`` rows and the name of its validation metric column."""
+    """A run's ``metrics.csv`` rows and the name of its validation metric column.
+
+    Raises:
+        ValueError: the file holds no epochs.
+    """
     rows = list(csv.DictReader(Path(metrics_csv).open()))
     if not rows:
         raise ValueError(f"{metrics_csv} holds no epochs")
@@ -24,7 +30,19 @@ def read_epochs(metrics_csv: str | Path) -> tuple[list[dict], str]:
 
 
 def plot_training_curves(metrics_csv: str | Path, out_png: str | Path, title: str) -> Path:
-    """Training loss and validation Dice per epoch, side by side."""
+    """Training loss and validation Dice per epoch, side by side.
+
+    Args:
+        metrics_csv: a run's ``metrics.csv`` (:class:`doubleunet_segment.training.handlers.EpochLog`).
+        out_png: the picture to write.
+        title: the figure's title.
+
+    Returns:
+        ``out_png``.
+
+    Raises:
+        ValueError: the file holds no epochs.
+    """
     rows, metric = read_epochs(metrics_csv)
     epochs = [int(r["epoch"]) for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
@@ -44,7 +62,19 @@ def plot_training_curves(metrics_csv: str | Path, out_png: str | Path, title: st
 
 
 def plot_run_comparison(runs: dict[str, str | Path], out_png: str | Path, title: str) -> Path:
-    """Validation Dice per epoch of several runs on one axis (an ablation: slice axes, resolutions)."""
+    """Validation Dice per epoch of several runs on one axis (an ablation: slice axes, resolutions).
+
+    Args:
+        runs: legend label -> that run's ``metrics.csv``.
+        out_png: the picture to write.
+        title: the figure's title.
+
+    Returns:
+        ``out_png``.
+
+    Raises:
+        ValueError: a file holds no epochs.
+    """
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for label, metrics_csv in runs.items():
         rows, metric = read_epochs(metrics_csv)
@@ -66,6 +96,7 @@ def plot_run_comparison(runs: dict[str, str | Path], out_png: str | Path, title:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``python -m doubleunet_segment.release.figures curves|compare|overlays``; prints the picture's path."""
     parser = argparse.ArgumentParser(description="Model-card figures: training curves, validation overlays.")
     sub = parser.add_subparsers(dest="command", required=True)
     curves = sub.add_parser("curves", help="loss and validation Dice per epoch of a run")
@@ -97,6 +128,19 @@ def validation_figure(name: str, samples: Path, out_png: Path, count: int = 4) -
 
     Polyp: rows of frame | prediction | ground truth (Kvasir-SEG and CVC-ClinicDB alternating).
     Hippocampus: for each case, three orthogonal views of the prediction above those of the ground truth.
+
+    Args:
+        name: the shipped model (``polyp`` or ``hippocampus``).
+        samples: the sample data folder the model's datalist is relative to.
+        out_png: the picture to write.
+        count: validation cases to show.
+
+    Returns:
+        ``out_png``.
+
+    Raises:
+        KeyError: ``name`` is not in the catalog.
+        FileNotFoundError: the model's weights, datalist or a sample file is missing.
     """
     import json
 

@@ -31,12 +31,33 @@ from ..data.atomic import atomic_path, atomic_write_text
 from ..networks.weights import load_state, stored_in_float16
 from .torchscript_export import export_torchscript
 
+__all__ = [
+    "FIGURES",
+    "GEOMETRY",
+    "as_overrides",
+    "candidate_geometry",
+    "evaluate",
+    "evaluation_overrides",
+    "half_precision",
+    "main",
+    "parse_overrides",
+    "shipped_geometry",
+    "summarise",
+    "update_catalog_geometry",
+]
+
 FIGURES = ("dice", "iou", "precision", "recall", "hd95", "volume_diff_ml")
 GEOMETRY = {"slice_axis": "slice_axis", "image_size": "roi_size"}  # config key -> catalog key
 
 
 def parse_overrides(overrides: list[str]) -> dict:
-    """``["--image_size", "[64,48]", "--num_workers", "0"]`` -> ``{"image_size": [64, 48], "num_workers": 0}``."""
+    """``["--image_size", "[64,48]", "--num_workers", "0"]`` -> ``{"image_size": [64, 48], "num_workers": 0}``.
+
+    Values are Python literals where they parse as one, else kept as strings.
+
+    Raises:
+        ValueError: ``overrides`` is not a list of ``--key value`` pairs.
+    """
     if len(overrides) % 2 or not all(o.startswith("--") for o in overrides[::2]):
         raise ValueError(f"overrides must be --key value pairs, got {overrides}")
     values = {}
@@ -50,7 +71,18 @@ def parse_overrides(overrides: list[str]) -> dict:
 
 def candidate_geometry(configs: list[str], overrides: list[str]) -> dict:
     """The slice axis and image size the candidate was trained with (those the configs define): overrides over
-    the configs."""
+    the configs.
+
+    Args:
+        configs: the bundle config files, later ones over earlier ones.
+        overrides: the training run's ``--key value`` overrides.
+
+    Returns:
+        ``slice_axis`` and/or ``image_size`` (config keys, see :data:`GEOMETRY`).
+
+    Raises:
+        ValueError: ``overrides`` is not a list of ``--key value`` pairs.
+    """
     parser = ConfigParser()
     parser.read_config(configs)
     merged = {k: parser.get(k) for k in GEOMETRY if parser.get(k) is not None}
@@ -78,6 +110,11 @@ def evaluation_overrides(overrides: list[str], geometry: dict, spec: ModelSpec) 
 
 
 def update_catalog_geometry(models_dir: Path, name: str, geometry: dict) -> None:
+    """Write ``geometry`` (config keys) into model ``name`` of ``models_dir/catalog.json``, atomically.
+
+    Raises:
+        KeyError: the catalog has no model ``name``.
+    """
     path = models_dir / paths.CATALOG_NAME
     catalog = json.loads(path.read_text())
     catalog["models"][name].update({GEOMETRY[k]: v for k, v in geometry.items()})
@@ -85,13 +122,34 @@ def update_catalog_geometry(models_dir: Path, name: str, geometry: dict) -> None
 
 
 def half_precision(src: Path, dst: Path) -> Path:
+    """Save ``src``'s weights to ``dst`` as shipped: float16 except BatchNorm running statistics.
+
+    Returns:
+        ``dst``.
+
+    Raises:
+        FileNotFoundError: ``src`` does not exist.
+    """
     state = {k: v.half() if stored_in_float16(k, v) else v for k, v in load_state(src).items()}
     torch.save(state, dst)
     return dst
 
 
 def evaluate(configs: list[str], ckpt: Path, out: Path, overrides: list[str]) -> dict:
-    """Run the bundle's evaluate workflow and gather its per-case CSV into figures."""
+    """Run the bundle's evaluate workflow and gather its per-case CSV into figures.
+
+    Args:
+        configs: the bundle config files (train.json, extras, evaluate.json).
+        ckpt: the weights to evaluate.
+        out: folder for the workflow's ``per_case.csv``.
+        overrides: ``--key value`` overrides for the workflow.
+
+    Returns:
+        :func:`summarise` of the per-case rows.
+
+    Raises:
+        subprocess.CalledProcessError: the evaluate workflow failed.
+    """
     cmd = [sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file", str(configs)]
     cmd += ["--ckpt_path", str(ckpt), "--output_dir", str(out), *overrides]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -100,7 +158,16 @@ def evaluate(configs: list[str], ckpt: Path, out: Path, overrides: list[str]) ->
 
 
 def summarise(rows: list[dict]) -> dict:
-    """Mean figures per class, per dataset folder and class, and the mean Dice over classes."""
+    """Mean figures per class, per dataset folder and class, and the mean Dice over classes.
+
+    Args:
+        rows: ``per_case.csv`` rows of :class:`doubleunet_segment.training.evaluation.CaseMetricsSaver`;
+            each ``case`` path is ``.../<dataset>/<images folder>/<file>``.
+
+    Returns:
+        ``{"mean_dice": float, "groups": {"all/<class>" or "<dataset>/<class>": {"cases": n, <figure>: mean}}}``
+        with NaN-ignoring means of :data:`FIGURES` (HD95 in mm, volume difference in mL).
+    """
     groups: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
         dataset = Path(row["case"]).parts[-3]  # <dataset>/images/<file> or <dataset>/imagesTr/<file>
@@ -118,6 +185,12 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m doubleunet_segment.release.ship RUN --name NAME [-- overrides]``; prints each decision.
+
+    Returns:
+        0 when the candidate shipped, 1 when it was not (half precision changes the Dice, or the shipped
+        model is as good).
+    """
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("run", type=Path, help="training output folder (holds models/model.pt)")
     parser.add_argument("--name", required=True, help="shipped model name in models/catalog.json")

@@ -17,9 +17,22 @@ from .. import paths
 from ..catalog import default_model_name, read_catalog
 from ..data.atomic import atomic_path
 
+__all__ = ["export_torchscript", "main"]
+
 
 def export_torchscript(name: str, target: Path | None = None) -> Path:
-    """Export the shipped model ``name`` next to its weights (``model.pt`` -> ``model.ts``) or to ``target``."""
+    """Export the shipped model ``name`` next to its weights (``model.pt`` -> ``model.ts``) or to ``target``.
+
+    Args:
+        name: a model of the catalog.
+        target: the ``.ts`` file; default the weights file with the suffix ``.ts``.
+
+    Returns:
+        The file written (atomically).
+
+    Raises:
+        KeyError: ``name`` is not in the catalog.
+    """
     weights = read_catalog()[name].weights
     target = target or weights.with_suffix(".ts")
     with atomic_path(target, overwrite=True) as tmp:
@@ -36,6 +49,7 @@ def export_torchscript(name: str, target: Path | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m doubleunet_segment.release.torchscript_export``: export and print the file written."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--model", default=default_model_name(), choices=sorted(read_catalog()), help="shipped model to export"

@@ -1,1 +1,30 @@
-"""Training: ignite handlers (checkpoints, resume, epoch log), losses, distributed training, evaluation."""
+"""Training: ignite handlers (checkpoints, resume, epoch log), losses, distributed training, evaluation.
+
+The names below are imported on first use, so importing the package itself imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_PUBLIC = {
+    "StagewiseLoss": "losses",
+    "CaseMetricsSaver": "evaluation",
+    "case_metrics": "evaluation",
+    "EpochLog": "handlers",
+    "attach_checkpoints": "handlers",
+    "start_from_weights": "handlers",
+}
+
+__all__ = list(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

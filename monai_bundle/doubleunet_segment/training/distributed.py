@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+__all__ = ["LossAllReduce", "attach_checkpoints", "device", "finalize", "init", "rank", "wrap"]
+
 if TYPE_CHECKING:  # ignite is a training dependency, imported only when training runs
     from ignite.engine import Engine
 
@@ -35,11 +37,13 @@ def init() -> None:
 
 
 def finalize() -> None:
+    """Leave the process group, if this process joined one."""
     if dist.is_initialized():
         dist.destroy_process_group()
 
 
 def rank() -> int:
+    """This process's rank in the group; 0 without one."""
     return dist.get_rank() if dist.is_initialized() else 0
 
 
@@ -49,6 +53,13 @@ def wrap(network: nn.Module, on: torch.device) -> nn.Module:
     SyncBatchNorm makes N ranks with batch B/N normalise as one process with batch B, so the loss
     curve does not depend on how the global batch is split (DoubleU-Net has 30 BatchNorms). PyTorch
     allows it only on GPUs; on CPUs each rank normalises over its own share of the batch.
+
+    Args:
+        network: the network, already on ``on``.
+        on: this rank's device (see :func:`device`).
+
+    Returns:
+        The DistributedDataParallel wrapper; the network itself is its ``.module``.
     """
     if on.type == "cuda":
         network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
@@ -62,11 +73,13 @@ class LossAllReduce:
     """
 
     def attach(self, engine: Engine) -> None:
+        """Run after every iteration of ``engine``."""
         from ignite.engine import Events
 
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
+        """Average ``engine.state.output``'s ``loss`` (one dict or a list of them) over ranks, in place."""
         if not dist.is_initialized():
             return
         out = engine.state.output
@@ -78,7 +91,14 @@ class LossAllReduce:
 
 
 def attach_checkpoints(trainer: Engine, ckpt_dir: str | Path, objects: dict) -> None:
-    """Per-epoch resume checkpoints saved by rank 0 and loaded by every rank."""
+    """Per-epoch resume checkpoints saved by rank 0 and loaded by every rank.
+
+    Args:
+        trainer: the ignite training engine.
+        ckpt_dir: folder for ``checkpoint_epoch=N.pt``, shared by all ranks.
+        objects: the other state to save and restore by name (see
+            :func:`doubleunet_segment.training.handlers.attach_checkpoints`).
+    """
     from monai.handlers import CheckpointLoader
 
     from .handlers import attach_checkpoints as attach_rank0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 from pathlib import Path
 
@@ -19,11 +20,31 @@ from monai.metrics import compute_hausdorff_distance
 
 from ..data.atomic import atomic_write_text
 
+__all__ = ["METRICS", "CaseMetricsSaver", "case_metrics"]
+
+logger = logging.getLogger(__name__)
+
 METRICS = ("dice", "iou", "precision", "recall", "hd95")
 
 
 def case_metrics(pred: np.ndarray, label: np.ndarray, spacing: np.ndarray | None = None) -> dict[str, float]:
-    """Figures for one binary mask pair; empty-vs-empty counts as perfect, HD95 in spacing units."""
+    """Figures for one binary mask pair; empty-vs-empty counts as perfect, HD95 in spacing units.
+
+    Dice = 2TP / (2TP + FP + FN), IoU = TP / (TP + FP + FN), precision = TP / (TP + FP), recall =
+    TP / (TP + FN); HD95 is the 95th-percentile symmetric Hausdorff distance of
+    ``monai.metrics.compute_hausdorff_distance``. A precision or recall with an empty denominator is 1
+    when the other error count is 0 too, else 0; HD95 is NaN when exactly one mask is empty.
+
+    Args:
+        pred: predicted mask, (X, Y) or (X, Y, Z); nonzero is foreground.
+        label: reference mask of the same shape.
+        spacing: voxel size per axis in mm, or None for voxel units.
+
+    Returns:
+        ``dice``, ``iou``, ``precision``, ``recall`` and ``hd95`` (mm, or voxels without spacing); for 3D
+        spacing also ``volume_pred_ml``, ``volume_true_ml`` and ``volume_diff_ml`` (predicted minus
+        reference, mL).
+    """
     p, g = pred.astype(bool), label.astype(bool)
     tp, fp, fn = float((p & g).sum()), float((p & ~g).sum()), float((~p & g).sum())
     both_empty = tp + fp + fn == 0
@@ -63,6 +84,10 @@ def _spacing(tensor: torch.Tensor) -> np.ndarray | None:
 class CaseMetricsSaver:
     """Ignite handler: one CSV row per case and class, plus a summary, written atomically at the end.
 
+    Each iteration's outputs are one-hot/probability tensors (C, X, Y) or (C, X, Y, Z), cut at 0.5;
+    volumes take their spacing from the label's affine. At the end of the epoch the per-class means
+    are logged at INFO.
+
     Args:
         output_dir: folder for ``per_case.csv`` and ``summary.csv``.
         class_names: names of the foreground classes (label values 1..K-1, or the one binary class).
@@ -74,6 +99,7 @@ class CaseMetricsSaver:
         self.rows: list[dict] = []
 
     def attach(self, engine: Engine) -> None:
+        """Register on the evaluator: reset at epoch start, collect per iteration, write at epoch end."""
         engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self.rows.clear())
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
@@ -92,6 +118,11 @@ class CaseMetricsSaver:
                 self.rows.append(row)
 
     def summary(self) -> list[dict]:
+        """Mean, median and std (NaN-ignoring) of every figure, per class.
+
+        Returns:
+            One dict per class and statistic: ``class``, ``statistic``, ``cases`` and the figures.
+        """
         out = []
         for cls in self.class_names:
             rows = [r for r in self.rows if r["class"] == cls]
@@ -116,4 +147,4 @@ class CaseMetricsSaver:
         for entry in self.summary():
             if entry["statistic"] == "mean":
                 figures = ", ".join(f"{k} {entry[k]:.4f}" for k in METRICS if k in entry)
-                print(f"{entry['class']}: {figures} ({entry['cases']} cases)")
+                logger.info("%s: %s (%d cases)", entry["class"], figures, entry["cases"])

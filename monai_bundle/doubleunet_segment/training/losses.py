@@ -6,6 +6,8 @@ import torch
 from monai.losses import DiceCELoss
 from torch import nn
 
+__all__ = ["StagewiseLoss"]
+
 
 class StagewiseLoss(nn.Module):
     """Applies one loss to each stage of a training-mode output and sums them with weights.
@@ -29,6 +31,18 @@ class StagewiseLoss(nn.Module):
         self.weights = tuple(float(w) for w in weights)
 
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The weighted sum of the per-stage losses (training output) or stage 2's loss (eval output).
+
+        Args:
+            output: logits (B, 2K, H, W) in training mode or (B, K, H, W) in eval mode.
+            target: labels (B, 1, H, W): the binary mask, or class indices for ``K > 1``.
+
+        Returns:
+            The scalar loss.
+
+        Raises:
+            ValueError: ``output`` has neither K nor 2K channels.
+        """
         k = self.out_channels
         if output.shape[1] == k:
             return self.loss(output, target)

@@ -5,16 +5,13 @@ network through the Keras-name mapping, and compare both stage outputs on the fi
 """
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from doubleunet_segment.networks.doubleunet import DoubleUNet
 from doubleunet_segment.networks.keras_weights import load_keras_weights
-
-FIXTURE = Path(os.environ.get("KERAS_PARITY_FIXTURE", Path(__file__).parents[1] / ".." / "shared" / "keras-parity"))
+from helpers import KERAS_PARITY as FIXTURE
 
 pytestmark = pytest.mark.skipif(not (FIXTURE / "keras_weights.json").is_file(), reason=f"no fixture at {FIXTURE}")
 

@@ -1,0 +1,91 @@
+"""The predictor's engine paths on real volumes: torch, ONNX and automatic choice agree; empty slices are skipped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from doubleunet_segment.catalog import resolve_model
+from doubleunet_segment.data.cases import read_volume_file
+from doubleunet_segment.inference import batching, precision
+from doubleunet_segment.inference.onnx_runtime import onnxruntime_providers
+from doubleunet_segment.inference.predictor import SKIP_EMPTY_DEFAULT, Predictor
+from helpers import DATA, needs_data
+
+CPU = torch.device("cpu")
+MNI = DATA / "nilearn-mni152" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+REAL_VOLUMES = [
+    MNI,
+    DATA / "pyradiomics-3d" / "nifti" / "brain1_image.nii.gz",
+    DATA / "pyradiomics-3d" / "nifti" / "breast1_image.nii.gz",
+    DATA / "msd-hippocampus" / "imagesTr" / "hippocampus_001.nii.gz",
+]
+pytestmark = pytest.mark.usefixtures("private_cache")
+
+
+@needs_data
+def test_engine_paths_agree_on_a_real_volume(hippo_model):
+    volume = read_volume_file(REAL_VOLUMES[-1]).array[..., 14:18]
+    spec = resolve_model(str(hippo_model))
+    ref = Predictor(spec, "cpu", precision="fp32", backend="torch")
+    assert ref.precision == "fp32" and ref.backend == "torch" and ref.inferer.channels_last
+    expected = ref.predict(volume)
+    if "CPUExecutionProvider" in onnxruntime_providers():
+        onnx = Predictor(spec, "cpu", precision="fp32", backend="onnx")
+        np.testing.assert_allclose(onnx.predict(volume), expected, atol=1e-4)
+    auto = Predictor(spec, "cpu")
+    assert auto.precision in ("fp32", "bf16") and auto.path_reason
+    if precision.reduced_precisions(CPU):
+        check = precision.check_precision(ref._labels_at, [volume], "bf16")  # real fp32 vs bf16 runs
+        assert 0.0 <= check.dice <= 1.0 and check.accepted == (check.dice >= precision.MIN_DICE)
+
+
+class TinyNet(torch.nn.Module):
+    """A cheap stand-in network: the skipping logic is the engine's, not the model's."""
+
+    def __init__(self, out_channels: int) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(1, out_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+@needs_data
+@pytest.mark.parametrize("path", REAL_VOLUMES, ids=lambda p: p.name.split(".")[0])
+def test_skipping_empty_slices_changes_only_skipped_slices(path: Path, hippo_model):
+    volume = read_volume_file(path).array[:, ::2, ::2]  # every slice, fewer voxels
+    spec = resolve_model(str(hippo_model))
+    spec.inplane = "resize"  # one window per slice: the stand-in network is not what is tested
+    engines = [
+        Predictor(spec, "cpu", network=TinyNet(3), precision="fp32", backend="torch", skip_empty=skip)
+        for skip in (False, True)
+    ]
+    empty = batching.empty_slices(volume, 2)
+    full, skipped = (e.segment(volume) for e in engines)
+    assert skipped.skipped == int(empty.sum()) and full.skipped == 0
+    np.testing.assert_array_equal(skipped.labels[..., ~empty], full.labels[..., ~empty])
+    assert not skipped.labels[..., empty].any()
+    if path == MNI:
+        assert empty.sum() == 34  # the template's zero-filled top and bottom
+    np.testing.assert_array_equal(volume, read_volume_file(path).array[:, ::2, ::2])  # input left as it was
+
+
+@needs_data
+def test_empty_slice_default_follows_the_real_volume_finding(hippo_model):
+    """Skipping is on by default only if the model's own labels of empty slices are background."""
+    volume = read_volume_file(MNI).array[:, ::4, ::4]
+    empty = batching.empty_slices(volume, 2)
+    keep = np.flatnonzero(empty)[::4].tolist() + [90, 91]
+    volume = volume[..., keep]
+    spec = resolve_model(str(hippo_model))
+    full, skipped = (
+        Predictor(spec, "cpu", precision="fp32", backend="torch", skip_empty=skip).segment(volume)
+        for skip in (False, True)
+    )
+    assert skipped.skipped == len(keep) - 2
+    unchanged = np.array_equal(full.labels, skipped.labels)
+    assert SKIP_EMPTY_DEFAULT is unchanged or not SKIP_EMPTY_DEFAULT
