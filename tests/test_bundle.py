@@ -36,6 +36,17 @@ def test_every_config_parses():
     assert meta["version"] in meta["changelog"]
 
 
+def test_package_and_bundle_share_one_version():
+    """One version: the package's (pyproject reads it), the bundle metadata's, and the one SEG provenance records."""
+    from importlib.metadata import version
+
+    import doubleunet_segment
+
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    assert doubleunet_segment.__version__ == meta["version"] == version("doubleunet-segment")
+    assert 'attr = "doubleunet_segment.__version__"' in (REPO / "pyproject.toml").read_text()
+
+
 def test_metadata_passes_monai_verify_metadata(tmp_path):
     bundle(
         "verify_metadata",
