@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
-from helpers import make_model
+from helpers import DATA, make_model
 
 
 @pytest.fixture
@@ -30,3 +32,18 @@ def hippo_model(tmp_path_factory) -> Path:
         "segments": "hippocampus",
     }
     return make_model(tmp_path_factory.mktemp("models"), "hippo_test", 1, 3, spec)
+
+
+@pytest.fixture(scope="session")
+def hippo_slab(tmp_path_factory) -> Path:
+    """Slices 15-17 of a real MR volume (MSD hippocampus_001), written as the Slicer extension writes its input:
+    uncompressed NIfTI, the affine shifted so the slab stays where it was in space."""
+    source = DATA / "msd-hippocampus" / "imagesTr" / "hippocampus_001.nii.gz"
+    if not source.is_file():
+        pytest.skip(f"sample volume {source} not found")
+    image = nib.load(source)
+    shift = np.eye(4)
+    shift[2, 3] = 15
+    path = tmp_path_factory.mktemp("input") / "input.nii"
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[:, :, 15:18], image.affine @ shift), path)
+    return path

@@ -26,18 +26,6 @@ from helpers import DATA, REPO, needs_data
 
 pytestmark = needs_data
 
-HIPPO = DATA / "msd-hippocampus" / "imagesTr" / "hippocampus_001.nii.gz"
-
-
-@pytest.fixture(scope="module")
-def slab(tmp_path_factory) -> Path:
-    """Slices 15-17 of a real MR volume, written as Slicer would write the input (uncompressed NIfTI)."""
-    image = nib.load(HIPPO)
-    shift = np.eye(4)
-    shift[2, 3] = 15
-    path = tmp_path_factory.mktemp("input") / "input.nii"
-    nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[:, :, 15:18], image.affine @ shift), path)
-    return path
 
 
 def env() -> dict[str, str]:
@@ -76,9 +64,11 @@ def assert_protocol(events: list[Event]) -> None:
         assert set(required) <= fields <= {*required, *optional, "id"}, event.line
 
 
-def test_panel_command_runs_the_real_cli_and_its_result_imports(hippo_model: Path, slab: Path, tmp_path: Path) -> None:
+def test_panel_command_runs_the_real_cli_and_its_result_imports(
+    hippo_model: Path, hippo_slab: Path, tmp_path: Path
+) -> None:
     options = EngineOptions(model=str(hippo_model), device="cpu", batch_size=3, save_probabilities=True)
-    command = cli_command(sys.executable, slab, tmp_path / "output", options)
+    command = cli_command(sys.executable, hippo_slab, tmp_path / "output", options)
     proc = EngineProcess(command, env=env())
     state = RunState()
     events = run_to_end(proc, state)
@@ -94,7 +84,7 @@ def test_panel_command_runs_the_real_cli_and_its_result_imports(hippo_model: Pat
     assert result.folder == tmp_path / "output" / "input"
     assert [s.name for s in result.segments] == [s.name for s in HIPPOCAMPUS_SEGMENTS]
     assert [s.to_dict() for s in result.segments] == [s.to_dict() for s in HIPPOCAMPUS_SEGMENTS]
-    labelmap, source = nib.load(result.labelmap), nib.load(slab)
+    labelmap, source = nib.load(result.labelmap), nib.load(hippo_slab)
     assert labelmap.shape == source.shape and np.allclose(labelmap.affine, source.affine)
     labels = np.asarray(labelmap.dataobj)
     probabilities = nib.load(result.probabilities).get_fdata(dtype=np.float32)
@@ -131,8 +121,10 @@ def test_shipped_hippocampus_result_rethresholds_to_its_one_piece_labels(tmp_pat
     assert not np.array_equal(labels_from_probabilities(probabilities, 0.5), labels)
 
 
-def test_engine_errors_reach_the_user(slab: Path, tmp_path: Path) -> None:
-    command = cli_command(sys.executable, slab, tmp_path, EngineOptions(model=str(tmp_path / "none.pt"), device="cpu"))
+def test_engine_errors_reach_the_user(hippo_slab: Path, tmp_path: Path) -> None:
+    command = cli_command(
+        sys.executable, hippo_slab, tmp_path, EngineOptions(model=str(tmp_path / "none.pt"), device="cpu")
+    )
     proc = EngineProcess(command, env=env())
     state = RunState()
     run_to_end(proc, state)
@@ -140,7 +132,7 @@ def test_engine_errors_reach_the_user(slab: Path, tmp_path: Path) -> None:
     assert "none.pt" in failure_message(state, proc.returncode, proc.stderr_text())
 
 
-def test_worker_keeps_the_model_and_answers_slice_requests(hippo_model: Path, slab: Path, tmp_path: Path) -> None:
+def test_worker_keeps_the_model_and_answers_slice_requests(hippo_model: Path, hippo_slab: Path, tmp_path: Path) -> None:
     command = worker_command(sys.executable, EngineOptions(model=str(hippo_model), device="cpu"))
     proc = EngineProcess(command, env=env(), stdin=True)
     try:
@@ -169,7 +161,7 @@ def test_worker_keeps_the_model_and_answers_slice_requests(hippo_model: Path, sl
         for request_id, k in (("1", 1), ("2", 2)):
             request = {
                 "id": request_id,
-                "input": str(slab),
+                "input": str(hippo_slab),
                 "output": str(tmp_path),
                 "name": f"s{k}",
                 "slices": [k, k + 1],
@@ -179,12 +171,12 @@ def test_worker_keeps_the_model_and_answers_slice_requests(hippo_model: Path, sl
             wait_for("idle", request_id)
             result = read_result(Path(done["outputs"]["segments"]).parent)
             one = nib.load(result.labelmap)
-            assert one.shape == (*nib.load(slab).shape[:2], 1)
-            expected = nib.load(slab).affine @ np.array([0, 0, k, 1.0])
+            assert one.shape == (*nib.load(hippo_slab).shape[:2], 1)
+            expected = nib.load(hippo_slab).affine @ np.array([0, 0, k, 1.0])
             assert np.allclose(one.affine[:, 3], expected)  # the slice stays where it was in space
             assert nib.load(result.probabilities).shape == (*one.shape, 3)
 
-        proc.send({"id": "bad", "input": str(slab), "output": str(tmp_path), "slices": [5, 9]})
+        proc.send({"id": "bad", "input": str(hippo_slab), "output": str(tmp_path), "slices": [5, 9]})
         error = wait_for("error", "bad")
         assert "outside the volume" in error["message"]
         wait_for("idle", "bad")

@@ -21,9 +21,7 @@ from DoubleUNetSegmentLib.events import RunState
 from DoubleUNetSegmentLib.process import EngineProcess, kill_process_tree
 from DoubleUNetSegmentLib.segment_import import Prediction
 from DoubleUNetSegmentLib.worker_session import PendingRequest, WorkerSession
-from helpers import DATA, REPO, needs_data
-
-HIPPO = DATA / "msd-hippocampus" / "imagesTr" / "hippocampus_001.nii.gz"
+from helpers import REPO, needs_data
 
 
 def start_worker(options: EngineOptions) -> EngineProcess:
@@ -71,22 +69,9 @@ def gone(pid: int) -> bool:
         return True
 
 
-@pytest.fixture(scope="module")
-def slab(tmp_path_factory) -> Path:
-    """Slices 15-17 of a real MR volume, as the effect writes the source volume (uncompressed NIfTI)."""
-    if not HIPPO.is_file():
-        pytest.skip(f"sample volume {HIPPO} not found")
-    image = nib.load(HIPPO)
-    shift = np.eye(4)
-    shift[2, 3] = 15
-    path = tmp_path_factory.mktemp("input") / "input.nii"
-    nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[:, :, 15:18], image.affine @ shift), path)
-    return path
-
-
 @needs_data
 def test_session_queues_until_ready_sends_waits_restarts_and_cancels(
-    hippo_model: Path, slab: Path, tmp_path: Path
+    hippo_model: Path, hippo_slab: Path, tmp_path: Path
 ) -> None:
     effect = Recorder(tmp_path)
     session = effect.session()
@@ -95,7 +80,9 @@ def test_session_queues_until_ready_sends_waits_restarts_and_cancels(
 
     def source() -> Path:
         """The effect's source file: the volume is written once, while its key stays the same."""
-        return session.source_file(("vol1", 1), lambda path: writes.append(path) or path.write_bytes(slab.read_bytes()))
+        return session.source_file(
+            ("vol1", 1), lambda path: writes.append(path) or path.write_bytes(hippo_slab.read_bytes())
+        )
 
     try:
         # start: a process and a folder, no model yet
@@ -117,8 +104,8 @@ def test_session_queues_until_ready_sends_waits_restarts_and_cancels(
         required = {key for key, needed in protocol.REQUEST_FIELDS.items() if needed}
         assert required <= set(request.message) <= set(protocol.REQUEST_FIELDS)  # only keys the worker reads
         one = nib.load(result.labelmap)
-        assert one.shape == (*nib.load(slab).shape[:2], 1)
-        assert np.allclose(one.affine[:, 3], nib.load(slab).affine @ np.array([0, 0, 1, 1.0]))
+        assert one.shape == (*nib.load(hippo_slab).shape[:2], 1)
+        assert np.allclose(one.affine[:, 3], nib.load(hippo_slab).affine @ np.array([0, 0, 1, 1.0]))
         assert nib.load(result.probabilities).shape == (*one.shape, 3)
         assert result.folder.parent == workspace / "results"
         assert effect.updates[-1] == 100 and session.state.device == "cpu"
@@ -136,7 +123,7 @@ def test_session_queues_until_ready_sends_waits_restarts_and_cancels(
         session.wait(120)
         request, result = effect.results[-1]
         assert request is sent and request.context == {"box": box} and request.id == "2"
-        assert nib.load(result.labelmap).shape == nib.load(slab).shape
+        assert nib.load(result.labelmap).shape == nib.load(hippo_slab).shape
         assert session.state.device == "cpu"  # reported once at start, kept for every request
         assert writes == [workspace / "source.nii"]  # the unchanged volume was written once
 
