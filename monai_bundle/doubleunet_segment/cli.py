@@ -10,7 +10,6 @@ written atomically and never overwritten unless ``--overwrite``.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -19,10 +18,11 @@ from .catalog import read_catalog, resolve_model
 from .data.cases import discover
 from .inference.precision import BACKENDS, PRECISIONS
 from .inference.predictor import Predictor
+from .inference.progress import show_log_on_stderr
 from .inference.runner import FORMATS, check_output_location, parse_formats, segment_cases
 from .inference.sharding import local_device, shard_of
 
-__all__ = ["EPILOG", "build_parser", "main", "show_log_on_stderr"]
+__all__ = ["EPILOG", "build_parser", "main"]
 
 EPILOG = """\
 examples:
@@ -34,36 +34,6 @@ outputs per case (OUTDIR/<case>/): segmentation.nii.gz (labels on the input grid
 seg.dcm (DICOM input), mask.png + overlay.png (2D images), views.png (volumes), probabilities.nii.gz
 (--save-probabilities). Exit status: 0 when every case succeeded, 1 when any failed, 2 on bad usage.
 """
-
-
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is when a record is emitted (as logging's own last-resort handler)."""
-
-    def __init__(self) -> None:
-        logging.Handler.__init__(self)  # StreamHandler's would bind the stream now
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-
-def show_log_on_stderr() -> None:
-    """Show the package's INFO records (the end-of-run table) on stderr as plain lines, once per process.
-
-    An entry point calls this; library code only logs. Nothing is added when a root handler already
-    writes to the terminal (an application that configured logging shows the records itself).
-    """
-    package = logging.getLogger(__package__)
-    if any(isinstance(h, _StderrHandler) for h in package.handlers):
-        return
-    terminal = (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)
-    if any(getattr(h, "stream", None) in terminal for h in logging.getLogger().handlers):
-        return
-    handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    package.addHandler(handler)
-    if package.level == logging.NOTSET:
-        package.setLevel(logging.INFO)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,14 +1,18 @@
 """Progress of a batch run: tqdm bars for people, or one JSON event per line for programs (the Slicer extension).
 
-The events and their fields are defined once, in :mod:`.protocol`.
+The events and their fields are defined once, in :mod:`.protocol`. Entry points (the CLI, the demo) call
+:func:`show_log_on_stderr` so the library's log records (the end-of-run table) reach a person's terminal.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import TYPE_CHECKING, Any
 
 from . import protocol
+
+__all__ = ["Reporter", "show_log_on_stderr"]
 
 if TYPE_CHECKING:
     from ..data.cases import Case
@@ -70,3 +74,33 @@ class Reporter:
     def close(self) -> None:
         if self.overall is not None:
             self.overall.close()
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (as logging's own last-resort handler)."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)  # StreamHandler's would bind the stream now
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+
+def show_log_on_stderr() -> None:
+    """Show the package's INFO records (the end-of-run table) on stderr as plain lines, once per process.
+
+    An entry point calls this; library code only logs. Nothing is added when a root handler already
+    writes to the terminal (an application that configured logging shows the records itself).
+    """
+    package = logging.getLogger(__package__.split(".")[0])
+    if any(isinstance(h, _StderrHandler) for h in package.handlers):
+        return
+    terminal = (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)
+    if any(getattr(h, "stream", None) in terminal for h in logging.getLogger().handlers):
+        return
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    package.addHandler(handler)
+    if package.level == logging.NOTSET:
+        package.setLevel(logging.INFO)

@@ -20,9 +20,9 @@ from PIL import Image
 
 from .. import paths
 from ..catalog import read_catalog
-from ..cli import show_log_on_stderr
 from ..data.overlay import blend, save_png
 from ..inference.predictor import Predictor
+from ..inference.progress import show_log_on_stderr
 from ..inference.runner import segment_inputs
 from ..training.evaluation import case_metrics
 
