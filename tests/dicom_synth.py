@@ -134,3 +134,40 @@ def ras_affine(series: SynthSeries) -> np.ndarray:
     affine[:3, 2] = series.normal * series.slice_spacing
     affine[:3, 3] = series.origin
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+
+
+TRIPLANE = {  # plane -> (row direction, column direction) in LPS, as a scanner's localizer writes them
+    "axial": ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0)),
+    "sagittal": ((0.0, 1.0, 0.0), (0.0, 0.0, -1.0)),
+    "coronal": ((1.0, 0.0, 0.0), (0.0, 0.0, -1.0)),
+}
+
+
+def write_triplane_localizer(
+    volume: np.ndarray, folder: Path, *, study_uid: str, frame_of_reference_uid: str
+) -> tuple[dict[str, SynthSeries], dict[str, set[str]]]:
+    """An MR localizer as scanners export it: axial, sagittal and coronal images of ``volume`` (X, Y, Z) under ONE
+    SeriesInstanceUID, all in ``folder``.
+
+    Returns:
+        Per plane, its :class:`SynthSeries` (for the expected geometry) and its SOPInstanceUIDs.
+    """
+    series_uid = generate_uid()
+    synth, uids = {}, {}
+    for n, (plane, (row, col)) in enumerate(TRIPLANE.items()):
+        synth[plane] = SynthSeries(
+            volume,
+            row_dir=row,
+            col_dir=col,
+            pixel_spacing=(1.5, 1.25),
+            slice_spacing=5.0,
+            origin=(-20.0 + n, -30.0, 10.0),
+            series_uid=series_uid,
+            series_number=1,
+            description="localizer",
+            study_uid=study_uid,
+            frame_of_reference_uid=frame_of_reference_uid,
+        )
+        paths = write_series(synth[plane], folder, seed=n)
+        uids[plane] = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in paths}
+    return synth, uids

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,3 +32,25 @@ def make_model(folder: Path, name: str, in_channels: int, out_channels: int, spe
     torch.save(DoubleUNet(in_channels=in_channels, out_channels=out_channels).state_dict(), path)
     (folder / f"{name}.json").write_text(json.dumps({"in_channels": in_channels, "out_channels": out_channels, **spec}))
     return path
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """The ``Error`` lines dicom3tools' ``dciodvfy`` (installed beside this Python) reports for a DICOM file."""
+    dciodvfy = Path(sys.executable).parent / "dciodvfy"
+    result = subprocess.run([str(dciodvfy), "-new", str(path)], capture_output=True, text=True, check=False)
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+
+
+RELIABILITY_CASES = Path(os.environ.get("RELIABILITY_CASES", SHARED / "reliability-cases"))
+needs_cases = pytest.mark.skipif(
+    not RELIABILITY_CASES.is_dir(), reason=f"reliability cases {RELIABILITY_CASES} not found"
+)
+
+
+def make_reliability_case(name: str, out: Path) -> Path:
+    """Build ``reliability-cases/<name>``'s input into ``out`` with its own ``make.py`` (as a user would reproduce
+    the bug report), reading the sample data from :data:`DATA`; returns ``out``."""
+    env = {**os.environ, "DOUBLEUNET_SAMPLES": str(DATA)}
+    script = RELIABILITY_CASES / name / "make.py"
+    subprocess.run([sys.executable, str(script), str(out)], check=True, capture_output=True, env=env)
+    return out

@@ -48,3 +48,34 @@ def test_atomic_text_permissions_follow_umask(tmp_path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_atomic_files_publishes_all_or_none(tmp_path: Path) -> None:
+    from doubleunet_segment.data.atomic import atomic_files
+
+    targets = {"a": tmp_path / "case" / "a.nii.gz", "b": tmp_path / "case" / "b.json"}
+    with pytest.raises(RuntimeError), atomic_files(targets) as staged:
+        staged["a"].write_text("first")
+        raise RuntimeError("second writer failed")
+    assert list((tmp_path / "case").iterdir()) == []
+    with atomic_files(targets) as staged:
+        assert staged["a"].name.endswith(".nii.gz") and staged["a"].parent == targets["a"].parent
+        for key, path in staged.items():
+            path.write_text(key)
+    assert sorted(p.name for p in (tmp_path / "case").iterdir()) == ["a.nii.gz", "b.json"]
+
+
+def test_atomic_files_rolls_back_a_failed_publish_and_keeps_old_files(tmp_path: Path) -> None:
+    """With overwrite, files replaced before a later one fails to move are put back."""
+    from doubleunet_segment.data.atomic import OutputExistsError, atomic_files
+
+    old = tmp_path / "a.txt"
+    old.write_text("old result")
+    blocker = tmp_path / "b.txt"
+    with pytest.raises(FileNotFoundError), atomic_files({"a": old, "b": blocker}, overwrite=True) as staged:
+        staged["a"].write_text("new result")  # b is never written: publishing it fails after a was replaced
+    assert old.read_text() == "old result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+    with pytest.raises(OutputExistsError) as info, atomic_files({"a": old}) as staged:
+        pass
+    assert info.value.path == old and "overwrite=True" in str(info.value)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -239,6 +241,44 @@ def test_inference_config_reads_dicom_folders(tmp_path, polyp_model):
     )
     (case,) = list(out.iterdir())
     assert {"segmentation.nii.gz", "seg.dcm", "segments.json"} <= {p.name for p in case.iterdir()}
+
+
+def _study_with_localizer(folder: Path) -> int:
+    import nibabel as nib
+    import numpy as np
+    import pydicom
+    from dicom_synth import SynthSeries, write_series, write_triplane_localizer
+
+    volume = np.asarray(nib.load(DATA / "msd-hippocampus/imagesTr/hippocampus_001.nii.gz").dataobj, np.float32)
+    common = {"study_uid": pydicom.uid.generate_uid(), "frame_of_reference_uid": pydicom.uid.generate_uid()}
+    write_triplane_localizer(volume[:, :, 10:13], folder / "localizer", **common)
+    write_series(SynthSeries(volume, series_number=2, description="T1", **common), folder / "t1")
+    return 4  # three localizer planes and the T1
+
+
+def _folder_of(pattern: str, count: int) -> Callable[[Path], int]:
+    def make(folder: Path) -> int:
+        for n, path in enumerate(sorted(DATA.glob(pattern))[:count]):
+            (folder / f"sub{n % 2}").mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, folder / f"sub{n % 2}" / path.name)
+        return count
+
+    return make
+
+
+@needs_data
+@pytest.mark.parametrize(
+    "make",
+    [_study_with_localizer, _folder_of("cvc-clinicdb/images/*.png", 3), _folder_of("msd-hippocampus/imagesTr/*", 2)],
+    ids=["study-with-localizer", "folder-of-png", "folder-of-nifti"],
+)
+def test_inference_config_runs_whole_folders(tmp_path, hippo_model, make):
+    """A study folder with a tri-plane localizer, a folder of PNGs and a folder of NIfTIs: every case, exit 0."""
+    cases = make(tmp_path / "input")
+    out = tmp_path / "inference"
+    args = ["--config_file", str(CONFIGS / "inference.json"), "--model", str(hippo_model), "--progress", "none"]
+    bundle("run", "inference", *args, "--input", str(tmp_path / "input"), "--output_dir", str(out), cwd=tmp_path)
+    assert len([case for case in out.iterdir() if (case / "segments.json").is_file()]) == cases
 
 
 @needs_data

@@ -61,3 +61,18 @@ def test_help_explains_outputs(capsys):
         main(["--help"])
     text = capsys.readouterr().out
     assert "segments.json" in text and "--overwrite" in text and "Exit status" in text
+
+
+def test_existing_output_message_names_the_overwrite_flag(tmp_path, polyp_model, capsys):
+    """The library says ``overwrite=True``; at the command line the message names ``--overwrite``."""
+    picture = tmp_path / "pic.png"
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (120, 60, 30)).save(picture)
+    args = [str(picture), "-o", str(tmp_path / "out"), "--model", str(polyp_model), "--progress", "none"]
+    args += ["--precision", "fp32", "--backend", "torch"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "overwrite=True" not in err and "pic" in err

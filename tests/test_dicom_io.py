@@ -12,9 +12,20 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from dicom_synth import SynthSeries, ras_affine, slice_dataset, write_series
-from doubleunet_segment.data.dicom_io import DicomSeriesError, SeriesRef, find_dicom_series, load_series, lps_to_ras
+from doubleunet_segment.data.dicom_io import (
+    DicomSeriesError,
+    SeriesRef,
+    _Notes,
+    _numbers,
+    find_dicom_series,
+    load_series,
+    lps_to_ras,
+)
 from helpers import DATA
 from pydicom.data import get_testdata_file
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 
 CT3 = DATA / "dcmqi-ct3slice-seg" / "ct-3slice"
 HIPPO = DATA / "msd-hippocampus" / "imagesTr" / "hippocampus_001.nii.gz"
@@ -72,16 +83,24 @@ def test_folder_mixing_series_reports_errors_and_skips(tmp_path: Path) -> None:
     """pydicom's dicomdirtests: CT/MR/CR series, localizers with mixed orientations, DICOMDIRs."""
     folder = shutil.copytree(DICOMDIR_TESTS, tmp_path / "mixed")
     refs, skipped = find_dicom_series(folder)
-    reasons = ("DICOMDIR", "not a readable DICOM", "holds no image")  # TINY_ALPHA: CT headers without pixels
+    # TINY_ALPHA: CT headers without pixels; MR2 and MR700: localizers split by orientation
+    reasons = ("DICOMDIR", "not a readable DICOM", "holds no image", "orientations (a localizer): split into")
     assert skipped and all(any(reason in message for reason in reasons) for message in skipped)
     assert any(m.startswith(str(folder / "DICOMDIR")) for m in skipped)
     by_dir = {ref.files[0].parent.name: ref for ref in refs if len({f.parent for f in ref.files}) == 1}
+    mr700 = [ref for ref in refs if ref.files[0].parent.name == "MR700"]
+    assert [ref.part for ref in mr700] == [
+        "coronal", "coronal_2", "coronal_3", "sagittal", "sagittal_2", "sagittal_3", "sagittal_4"
+    ]  # fmt: skip
+    assert any("MR700" in m and "7 orientations" in m for m in skipped)
+    for ref in mr700:  # radial series: every slice has its own orientation, so each is a case of its own
+        assert load_series(ref).array.shape == (1, 16, 16, 1)
     ct = load_series(by_dir["CT5N"])
     affine, array = sitk_reference(folder=folder / "98892001" / "CT5N")
     np.testing.assert_allclose(ct.affine, affine, atol=1e-6)
     np.testing.assert_array_equal(ct.array[0], array)
     with pytest.raises(DicomSeriesError, match="differing ImageOrientationPatient") as error:
-        load_series(by_dir["MR700"])  # radial series: every slice has its own orientation
+        load_series([f for ref in mr700 for f in ref.files])  # files handed in as one series are not split
     assert "4467" in str(error.value)
     with pytest.raises(DicomSeriesError, match="missing slices") as error:
         load_series(by_dir["CT2"])  # 4 slices, 3 contiguous and one 200 mm away
@@ -305,3 +324,79 @@ def test_series_ref_is_lazy(tmp_path: Path, hippo: np.ndarray) -> None:
     refs, _ = find_dicom_series(tmp_path)
     assert isinstance(refs[0], SeriesRef) and not hasattr(refs[0], "array")
     assert load_series(refs[0].files).series_uid == refs[0].series_uid
+
+
+def _raw_header(keyword: str, raw: bytes) -> Dataset:
+    """A header holding ``raw`` as the stored bytes of ``keyword`` (DS), not yet converted by pydicom."""
+    ds = Dataset()
+    tag = pydicom.datadict.tag_for_keyword(keyword)
+    ds[tag] = RawDataElement(Tag(tag), "DS", len(raw), raw, 0, False, True)
+    return ds
+
+
+@pytest.mark.parametrize(
+    "keyword, raw, count, expected",
+    [
+        ("PixelSpacing", b"0.810547,0.810547 ", 2, [0.810547, 0.810547]),  # comma as the delimiter
+        ("PixelSpacing", b"0,810547\\0,810547 ", 2, [0.810547, 0.810547]),  # decimal comma
+        ("ImagerPixelSpacing", b"0,2\\0,2", 2, [0.2, 0.2]),
+        ("ImagePositionPatient", b"-12,5\\3,25\\100 ", 3, [-12.5, 3.25, 100.0]),
+        ("ImagePositionPatient", b"-12.5,3.25,100 ", 3, [-12.5, 3.25, 100.0]),
+        ("ImageOrientationPatient", b"1,0,0,0,0,-1", 6, [1, 0, 0, 0, 0, -1]),
+        ("SliceThickness", b"2,5 ", 1, [2.5]),
+        ("SpacingBetweenSlices", b"3,0 ", 1, [3.0]),
+        ("RescaleSlope", b"1,5 ", 1, [1.5]),
+        ("RescaleIntercept", b"-1024", 1, [-1024.0]),  # conformant: no note, value untouched
+    ],
+)
+def test_comma_written_geometry_numbers_are_read(keyword: str, raw: bytes, count: int, expected: list) -> None:
+    """Every geometry number the reader parses accepts what GDCM accepts, notes it and stores the fixed value."""
+    ds = _raw_header(keyword, raw)
+    notes = _Notes()
+    np.testing.assert_allclose(_numbers(ds, keyword, count, Path("IM1.dcm"), notes), expected)
+    if b"," in raw:
+        assert notes.lines() and keyword in notes.lines()[0] and "IM1.dcm" in notes.lines()[0]
+        value = ds[keyword].value
+        np.testing.assert_allclose([float(v) for v in (value if count > 1 else [value])], expected)
+    else:
+        assert notes.lines() == []
+
+
+@pytest.mark.parametrize(
+    "keyword, raw, count",
+    [
+        ("PixelSpacing", b"0.81;0.81", 2),
+        ("PixelSpacing", b"0,81,0,81", 2),  # both a decimal comma and a comma delimiter: ambiguous
+        ("ImagePositionPatient", b"1\\2", 3),
+        ("ImageOrientationPatient", b"1\\0\\0\\0\\nan\\0", 6),
+        ("SliceThickness", b"thick", 1),
+    ],
+)
+def test_unparseable_geometry_number_names_file_attribute_and_value(keyword: str, raw: bytes, count: int) -> None:
+    with pytest.raises(DicomSeriesError) as error:
+        _numbers(_raw_header(keyword, raw), keyword, count, Path("/data/IM7.dcm"))
+    assert str(error.value).startswith(f"/data/IM7.dcm: {keyword} {raw.decode()!r} is not {count} decimal number")
+
+
+def test_series_split_by_orientation_loads_each_plane(tmp_path: Path, hippo: np.ndarray) -> None:
+    """A tri-plane localizer (one SeriesInstanceUID, three orientations): one SeriesRef per plane, named by
+    plane, each loading to its own exact geometry; files handed in together stay one (refused) series."""
+    common = {"series_uid": pydicom.uid.generate_uid(), "study_uid": pydicom.uid.generate_uid()}
+    planes = {
+        "axial": ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0)),
+        "coronal": ((1.0, 0.0, 0.0), (0.0, 0.0, -1.0)),
+        "sagittal": ((0.0, 1.0, 0.0), (0.0, 0.0, -1.0)),
+    }
+    synth = {p: SynthSeries(hippo[:, :, :3], row_dir=r, col_dir=c, **common) for p, (r, c) in planes.items()}
+    for n, series in enumerate(synth.values()):
+        write_series(series, tmp_path / "loc", seed=n)
+    refs, notes = find_dicom_series(tmp_path)
+    assert [ref.part for ref in refs] == ["axial", "coronal", "sagittal"]
+    assert notes == [f"{tmp_path / 'loc'}: series {common['series_uid']} holds images in 3 orientations "
+                     "(a localizer): split into axial, coronal, sagittal cases"]  # fmt: skip
+    for ref in refs:
+        series = load_series(ref)
+        np.testing.assert_allclose(series.affine, ras_affine(synth[ref.part]), atol=1e-5)
+        assert ref.part in series.name and any("several orientations" in w for w in series.warnings)
+    with pytest.raises(DicomSeriesError, match="differing ImageOrientationPatient"):
+        load_series([f for ref in refs for f in ref.files])

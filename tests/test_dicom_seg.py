@@ -16,9 +16,9 @@ import pytest
 import SimpleITK as sitk
 from dicom_synth import SynthSeries, write_series
 from doubleunet_segment.data.dicom_io import DicomSeries, find_dicom_series, load_series, lps_to_ras
-from doubleunet_segment.data.dicom_seg import EmptySegmentationError, read_dicom_seg, write_dicom_seg
+from doubleunet_segment.data.dicom_seg import EmptySegmentationError, read_dicom_seg, seg_writable, write_dicom_seg
 from doubleunet_segment.segments import HIPPOCAMPUS_SEGMENTS, POLYP_SEGMENTS, SegmentInfo
-from helpers import DATA
+from helpers import DATA, dciodvfy_errors
 from pydicom.data import get_testdata_file
 
 CT_DIR = DATA / "dcmqi-ct3slice-seg"
@@ -27,11 +27,6 @@ BIN = Path(sys.executable).parent
 LIVER = SegmentInfo(
     1, "Liver", (221, 130, 101), ("91723000", "SCT", "Anatomical Structure"), ("10200004", "SCT", "Liver")
 )
-
-
-def dciodvfy_errors(path: Path) -> list[str]:
-    result = subprocess.run([str(BIN / "dciodvfy"), "-new", str(path)], capture_output=True, text=True, check=False)
-    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
 
 
 def dcmqi_read(path: Path, out: Path) -> tuple[dict, list[Path]]:
@@ -217,3 +212,15 @@ def test_invalid_inputs_and_overwrite(tmp_path: Path, ct: DicomSeries, liver_mas
     write_dicom_seg(ct, liver_mask, [LIVER], target, algorithm_version="1", overwrite=True)
     assert pydicom.dcmread(target).Modality == "SEG"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.dcm"]  # no temporary files left
+
+
+def test_seg_writable_is_decided_from_headers(tmp_path: Path, ct: DicomSeries) -> None:
+    """``seg_writable`` (the runner's up-front check) agrees with what ``write_dicom_seg`` does."""
+    assert seg_writable(ct) is None
+    cine = load_series([get_testdata_file("SC_rgb_rle_2frame.dcm")])  # 2 RGB frames, no Frame of Reference
+    reason = seg_writable(cine)
+    assert reason is not None and "no FrameOfReferenceUID" in reason
+    with pytest.raises(ValueError, match="no FrameOfReferenceUID"):
+        write_dicom_seg(cine, np.zeros(cine.array.shape[1:], np.uint8), POLYP_SEGMENTS, tmp_path / "s.dcm",
+                        algorithm_version="1")  # fmt: skip
+    assert not (tmp_path / "s.dcm").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import shutil
 from pathlib import Path
 
@@ -93,3 +94,41 @@ def test_seg_nrrd_for_slicer(tmp_path: Path, ct: DicomSeries, liver: np.ndarray)
     assert header["Segment0_Color"] == "0.862745 0.705882 0.235294"
     assert "~SCT^5366008^Hippocampus~SCT^255549009^Anterior~" in header["Segment0_Tags"]
     assert_same_sitk_geometry(sitk.ReadImage(str(path)), sitk.ReadImage(str(CT_DIR / "liver_seg.nrrd")))
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_truncated_nifti_is_a_clear_error(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"cut{suffix}"
+    nib.save(nib.load(HIPPO_IMAGE), path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated or corrupt") as info:
+        read_nifti(path)
+    assert str(path) in str(info.value)
+    assert path.read_bytes() == data[: len(data) // 2]
+
+
+def test_nifti_header_promising_more_voxels_than_the_file_holds(tmp_path: Path) -> None:
+    image = nib.Nifti1Image(np.zeros((10, 10, 10), np.int16), np.eye(4))
+    image.header.set_data_shape((10, 10, 20))  # the header says 20 slices, the file will hold 10
+    path = tmp_path / "short.nii"
+    with open(path, "wb") as f:
+        image.header.write_to(f)
+        f.write(b"\0" * (int(image.header["vox_offset"]) - f.tell()))
+        f.write(np.zeros((10, 10, 10), np.int16).tobytes())
+    with pytest.raises(ValueError, match="short.nii.*Expected 4000 bytes, got 2000"):
+        read_nifti(path)
+    gz = tmp_path / "short.nii.gz"
+    gz.write_bytes(gzip.compress(path.read_bytes()))  # a complete gzip stream of too little data
+    with pytest.raises(ValueError, match="short.nii.gz"):
+        read_nifti(gz)
+
+
+@pytest.mark.parametrize("content", [b"not a nifti", b"\x1f\x8b\x08\x00garbage"])
+def test_not_a_nifti_is_a_clear_error(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "fake.nii.gz"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="fake.nii.gz: unreadable NIfTI file"):
+        read_nifti(path)
+    with pytest.raises(FileNotFoundError):
+        read_nifti(tmp_path / "missing.nii")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from doubleunet_segment.catalog import resolve_model
-from doubleunet_segment.data.cases import read_volume_file
+from doubleunet_segment.data.image_io import read_volume_file
 from doubleunet_segment.inference import batching, precision
 from doubleunet_segment.inference.onnx_runtime import onnxruntime_providers
 from doubleunet_segment.inference.predictor import SKIP_EMPTY_DEFAULT, Predictor

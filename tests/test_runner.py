@@ -92,3 +92,121 @@ def test_one_bad_input_fails_alone_with_nonzero_status(tmp_path, hippo_model, ca
     assert (tmp_path / "out" / "hippocampus_001" / "segmentation.nii.gz").is_file()
     err = capsys.readouterr().err
     assert "FAILED" in err and "broken" in err and "1 of 2 case(s) segmented, 1 failed" in err
+
+
+FAST = ["--progress", "none", "--precision", "fp32", "--backend", "torch"]
+
+
+def _small_volume(folder):
+    """A 3-slice crop of the hippocampus MR (keeps the test quick)."""
+    src = nib.load(HIPPO)
+    path = folder / "small.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(src.dataobj)[:, :, 15:18], src.affine), path)
+    return path
+
+
+def _picture(folder):
+    from PIL import Image
+
+    path = folder / "pic.png"
+    with Image.open(KVASIR) as img:
+        img.convert("RGB").resize((64, 48)).save(path)
+    return path
+
+
+def test_late_writer_failure_leaves_no_file_and_other_cases_succeed(tmp_path, polyp_model, monkeypatch, capsys):
+    """The volume's views.png (written after the NIfTI and .seg.nrrd) fails: its folder is left empty."""
+    from doubleunet_segment.inference import runner
+
+    def broken_views(*args, **kwargs):
+        raise OSError("disk full while drawing views")
+
+    monkeypatch.setattr(runner, "orthogonal_views", broken_views)
+    (tmp_path / "in").mkdir()
+    volume, picture = _small_volume(tmp_path / "in"), _picture(tmp_path / "in")
+    out = tmp_path / "out"
+    assert main([str(volume), str(picture), "-o", str(out), "--model", str(polyp_model), *FAST]) == 1
+    assert not (out / "small").exists() or list((out / "small").iterdir()) == []
+    assert {p.name for p in (out / "pic").iterdir()} == {
+        "segmentation.nii.gz",
+        "segments.json",
+        "mask.png",
+        "overlay.png",
+    }
+    assert "disk full" in capsys.readouterr().err
+
+
+def test_failed_rerun_with_overwrite_keeps_the_previous_results(tmp_path, polyp_model, monkeypatch):
+    """--overwrite replaces files only once every new one is complete: a failed run leaves the old set."""
+    from doubleunet_segment.inference import runner
+
+    volume = _small_volume(tmp_path)
+    args = [str(volume), "-o", str(tmp_path / "out"), "--model", str(polyp_model), *FAST]
+    assert main(args) == 0
+    case = tmp_path / "out" / "small"
+    before = {p.name: p.read_bytes() for p in case.iterdir()}
+    monkeypatch.setattr(runner, "orthogonal_views", lambda *a, **k: (_ for _ in ()).throw(OSError("no space")))
+    assert main([*args, "--overwrite"]) == 1
+    assert {p.name: p.read_bytes() for p in case.iterdir()} == before
+
+
+def test_dicom_seg_failure_leaves_nothing_behind(tmp_path, polyp_model, monkeypatch):
+    """A SEG writer that raises (as for a series the standard cannot reference) takes the NIfTI with it."""
+    from doubleunet_segment.data import dicom_seg
+
+    def refuse(*args, **kwargs):
+        raise AttributeError("'FileDataset' object has no attribute 'PatientBirthDate'")
+
+    monkeypatch.setattr(dicom_seg, "write_dicom_seg", refuse)
+    monkeypatch.setattr(dicom_seg, "seg_writable", lambda series: None, raising=False)
+    out = tmp_path / "out"
+    assert main([str(CT), "-o", str(out), "--model", str(polyp_model), *FAST]) == 1
+    assert [p for p in out.rglob("*") if p.is_file()] == []
+
+
+def test_unwritable_seg_is_skipped_with_a_note(tmp_path, polyp_model, monkeypatch, capsys):
+    """When the SEG check says no, the other outputs are written and the note says why."""
+    from doubleunet_segment.data import dicom_seg
+
+    monkeypatch.setattr(dicom_seg, "seg_writable", lambda series: "no Frame of Reference", raising=False)
+    out = tmp_path / "out"
+    assert main([str(CT), "-o", str(out), "--model", str(polyp_model), "--progress", "json", *FAST[2:]]) == 0
+    (case,) = [p for p in out.iterdir() if p.is_dir()]
+    names = {p.name for p in case.iterdir()}
+    assert "seg.dcm" not in names and "segmentation.nii.gz" in names
+    assert "DICOM SEG not written: no Frame of Reference" in capsys.readouterr().out
+
+
+def test_segments_json_records_the_labelling_rule_applied(tmp_path, polyp_model, hippo_model):
+    picture = _picture(tmp_path)
+    assert main([str(picture), "-o", str(tmp_path / "a"), "--model", str(polyp_model), *FAST]) == 0
+    info = json.loads((tmp_path / "a" / "pic" / "segments.json").read_text())
+    assert info["threshold"] == 0.5 and info["label_rule"] == "threshold"
+    args = [str(picture), "-o", str(tmp_path / "b"), "--model", str(polyp_model), "--threshold", "0.3", *FAST]
+    assert main(args) == 0
+    assert json.loads((tmp_path / "b" / "pic" / "segments.json").read_text())["threshold"] == 0.3
+    volume = _small_volume(tmp_path)
+    assert main([str(volume), "-o", str(tmp_path / "c"), "--model", str(hippo_model), *FAST]) == 0
+    info = json.loads((tmp_path / "c" / "small" / "segments.json").read_text())
+    assert info["threshold"] is None and info["label_rule"] == "argmax"
+
+
+def test_bundle_inference_exits_nonzero_when_a_case_fails(tmp_path, polyp_model):
+    """``monai.bundle run inference`` over a good and a broken input: the good one is written, exit 1."""
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    (tmp_path / "in").mkdir()
+    good = _picture(tmp_path / "in")
+    broken = tmp_path / "in" / "broken.nii.gz"
+    broken.write_bytes(b"not a nifti")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "inference"]
+    cmd += ["--config_file", str(REPO / "monai_bundle" / "configs" / "inference.json"), "--model", str(polyp_model)]
+    cmd += ["--input", f"['{good}','{broken}']", "--output_dir", str(out), "--progress", "none"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode != 0, proc.stderr
+    assert (out / "pic" / "segmentation.nii.gz").is_file() and (out / "pic" / "segments.json").is_file()
+    assert "1 of 2 case(s) failed: broken" in proc.stderr and "Traceback" not in proc.stderr

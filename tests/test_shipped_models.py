@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from doubleunet_segment.catalog import read_catalog
 from doubleunet_segment.cli import main
-from doubleunet_segment.data.cases import read_image_2d, read_volume_file
+from doubleunet_segment.data.image_io import read_image_2d, read_volume_file
 from doubleunet_segment.inference.predictor import Predictor
 from doubleunet_segment.training.evaluation import case_metrics
 from helpers import DATA, REPO, needs_data

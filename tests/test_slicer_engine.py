@@ -27,7 +27,6 @@ from helpers import DATA, REPO, needs_data
 pytestmark = needs_data
 
 
-
 def env() -> dict[str, str]:
     environment = engine_environment(find_bundle_root(REPO / "DoubleUNetSegment"))
     environment["OMP_NUM_THREADS"] = "2"

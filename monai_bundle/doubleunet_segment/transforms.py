@@ -5,7 +5,7 @@ The engine and the bundle configs both go through these, so training and inferen
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ __all__ = [
     "add_slice_context",
     "keep_largest_components",
     "normalize",
+    "normalize_each_slice",
     "probabilities_to_labels",
     "zscore_nonzero",
 ]
@@ -99,6 +100,25 @@ def normalize(image: np.ndarray | torch.Tensor, method: str) -> torch.Tensor:
     if method == "unit":
         return x / 255.0
     raise ValueError(f"unknown normalisation {method!r}; choose one of {NORMALIZATIONS}")
+
+
+def normalize_each_slice(image: np.ndarray | torch.Tensor, preprocessing: Callable[..., torch.Tensor]) -> torch.Tensor:
+    """``preprocessing`` applied to each slice along the last axis on its own, the results stacked again.
+
+    For frames that are separate pictures (a cine loop without patient geometry): each frame is normalised
+    exactly as the same frame given alone as a 2D image, (C, X, Y, 1), would be, instead of with statistics
+    (a median, a mean) taken over all frames.
+
+    Args:
+        image: (C, X, Y, Z), Z the frames; not modified when ``preprocessing`` does not modify its input.
+        preprocessing: a normalisation such as :class:`Normalize`, (C, X, Y, 1) -> tensor of that shape.
+
+    Returns:
+        A float32 tensor of ``image``'s shape.
+    """
+    return torch.cat(
+        [torch.as_tensor(preprocessing(image[..., k : k + 1])).float() for k in range(image.shape[-1])], dim=-1
+    )
 
 
 class Normalize:

@@ -10,10 +10,10 @@ from .._lazy import lazy_exports
 
 _PUBLIC = {
     "Case": "cases",
-    "Volume": "cases",
+    "Volume": "image_io",
     "discover": "cases",
-    "read_image_2d": "cases",
-    "read_volume_file": "cases",
+    "read_image_2d": "image_io",
+    "read_volume_file": "image_io",
     "DicomSeries": "dicom_io",
     "DicomSeriesError": "dicom_io",
     "SeriesRef": "dicom_io",

@@ -10,18 +10,35 @@ so batch runs over many studies hold one series in memory at a time.
 Uneven slice spacing (a missing slice, mixed spacings) is refused with :class:`DicomSeriesError` instead of
 being resampled: every slice of the volume must stay one acquired slice so that a DICOM SEG can reference its
 source instance exactly, and an interpolated slice would be segmented although nobody acquired it.
+
+A series whose images lie in several orientations (the tri-plane localizer that starts every MR study: axial,
+sagittal and coronal images under one SeriesInstanceUID) is split by orientation into one
+:class:`SeriesRef` per plane, as 3D Slicer's DICOM scalar volume plugin and dcm2niix do. Splitting rather than
+skipping because each plane is a valid stack with exact geometry, a person who points the tool at a study
+expects every image series in it handled, and a silently dropped series is worse than a cheap extra case.
+
+Geometry numbers (PixelSpacing, ImagePositionPatient, ...) are parsed from the stored text, not through
+pydicom's DS conversion: non-conformant exporters write ``0.81,0.81`` (comma as delimiter) or ``0,81\\0,81``
+(decimal comma), which GDCM reads and so does this module (with a note); anything else unparseable is a
+:class:`DicomSeriesError` naming the file, the attribute and the raw value. pydicom's warnings while reading
+(invalid values and the like) become the series' ``warnings`` (notes of the case), not raw stderr text.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import threading
+import warnings as _warnings
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut
@@ -77,8 +94,166 @@ def lps_to_ras(affine_lps: np.ndarray) -> np.ndarray:
     return LPS_TO_RAS @ affine_lps
 
 
-def _display_name(patient_id: str, study_date: str, description: str, series_number: str) -> str:
-    return " ".join(part for part in (patient_id, study_date, f"{description}/{series_number}") if part)
+class _Notes:
+    """Messages about a series, each kept once with the files it concerns (35 slices, one note)."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, list[Path]] = {}
+
+    def add(self, message: str, path: Path) -> None:
+        paths = self._files.setdefault(message, [])
+        if path not in paths:
+            paths.append(path)
+
+    def lines(self) -> list[str]:
+        """One line per message: ``message (in FILE)`` or ``message (in N files, e.g. FILE)``."""
+        out = []
+        for message, paths in self._files.items():
+            where = f"in {paths[0]}" if len(paths) == 1 else f"in {len(paths)} files, e.g. {paths[0]}"
+            out.append(f"{message} ({where})")
+        return out
+
+
+# pydicom reports invalid values with warnings.warn (and a logger that has only a NullHandler). Reading runs
+# in the runner's prefetch thread while the main thread segments, so the usual warnings.catch_warnings
+# (process-wide state) could take the other thread's warnings; instead one hook, installed while any reader
+# is active, hands each warning to the collector of the thread that raised it and passes all others on.
+_collector = threading.local()
+_hook_lock = threading.Lock()
+_hook_users = 0
+_saved_showwarning = None
+_ALWAYS = ("always", None, Warning, None, 0)  # a warnings filter entry: every pydicom warning reaches the hook
+
+
+def _route_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    sink = getattr(_collector, "sink", None)
+    if sink is not None:
+        sink.append(str(message))
+    elif _saved_showwarning is not None:
+        _saved_showwarning(message, category, filename, lineno, file, line)
+
+
+@contextmanager
+def _pydicom_warnings(sink: list[str]) -> Iterator[None]:
+    """Collect the warnings raised in this thread into ``sink`` instead of printing them.
+
+    Every warning counts, not only the first of its kind: the "always" filter entry keeps Python's
+    once-per-location registry from hiding a warning the second time a series with the same fault is read.
+    """
+    global _hook_users, _saved_showwarning
+    with _hook_lock:
+        if _hook_users == 0:
+            _saved_showwarning = _warnings.showwarning
+            _warnings.showwarning = _route_warning
+            _warnings.filters.insert(0, _ALWAYS)
+            _warnings._filters_mutated()  # type: ignore[attr-defined]
+        _hook_users += 1
+    outer = getattr(_collector, "sink", None)
+    _collector.sink = sink
+    try:
+        yield
+    finally:
+        _collector.sink = outer
+        with _hook_lock:
+            _hook_users -= 1
+            if _hook_users == 0:
+                if _warnings.showwarning is _route_warning:
+                    _warnings.showwarning = _saved_showwarning
+                if _ALWAYS in _warnings.filters:
+                    _warnings.filters.remove(_ALWAYS)
+                    _warnings._filters_mutated()  # type: ignore[attr-defined]
+                _saved_showwarning = None
+
+
+# ------------------------------------------------------------------------------------- geometry numbers
+
+
+def _raw_text(ds: Dataset, keyword: str) -> str | None:
+    """The stored text of a decimal-string attribute, without pydicom's DS conversion (None if absent or empty).
+
+    A not yet converted element is a RawDataElement holding the file's bytes; converting it would warn
+    about, or choke on, the comma forms this module reads.
+    """
+    tag = tag_for_keyword(keyword)
+    if tag is None or tag not in ds:
+        return None
+    value = ds.get_item(tag).value
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        text = value.decode("latin-1")
+    elif isinstance(value, str):
+        text = value
+    elif isinstance(value, Iterable):
+        text = "\\".join(str(getattr(v, "original_string", v)) for v in value)
+    else:
+        text = str(getattr(value, "original_string", value))
+    text = text.strip(" \x00")
+    return text or None
+
+
+def _parse_numbers(text: str, count: int) -> tuple[list[str], str] | None:
+    """``count`` decimal strings from ``text`` and how it was written (``""`` when conformant), else None.
+
+    Besides the standard backslash-delimited form, reads what GDCM reads: a comma as the delimiter
+    (``0.81,0.81`` for two values) and a decimal comma (``0,81\\0,81``; ``0,5`` for one value).
+    """
+    parts = [p.strip() for p in text.split("\\")]
+    how = ""
+    if len(parts) == 1 and count > 1 and len(text.split(",")) == count:
+        parts, how = [p.strip() for p in text.split(",")], "a comma as the value delimiter"
+    elif len(parts) == count and any("," in p for p in parts):
+        if not all(p.count(",") <= 1 and "." not in p for p in parts):
+            return None
+        parts, how = [p.replace(",", ".") for p in parts], "decimal commas"
+    if len(parts) != count:
+        return None
+    for part in parts:
+        try:
+            if not part or not math.isfinite(float(part)):
+                return None
+        except ValueError:
+            return None
+    return parts, how
+
+
+def _numbers(ds: Dataset, keyword: str, count: int, path: Path, notes: _Notes | None = None) -> np.ndarray | None:
+    """The ``count`` numbers of a decimal-string attribute of ``ds`` (a file or a functional-group item).
+
+    A comma-written value is read (see :func:`_parse_numbers`), noted in ``notes`` and replaced in ``ds``
+    (the in-memory header only) by its conformant form, so that a DICOM SEG copying it stays valid.
+
+    Returns:
+        float64 array of ``count`` values, or None when the attribute is absent or empty.
+
+    Raises:
+        DicomSeriesError: the value is not ``count`` decimal numbers; names the file, attribute and raw value.
+    """
+    text = _raw_text(ds, keyword)
+    if text is None:
+        return None
+    parsed = _parse_numbers(text, count)
+    if parsed is None:
+        raise DicomSeriesError(
+            f"{path}: {keyword} {text!r} is not {count} decimal number(s) "
+            "(expected backslash-separated values such as '0.5\\0.5')"
+        )
+    parts, how = parsed
+    if how:
+        setattr(ds, keyword, parts if count > 1 else parts[0])
+        if notes is not None:
+            read_as = "\\".join(parts)
+            notes.add(f"{keyword} written with {how} ({text!r}), read as {read_as}", path)
+    return np.asarray([float(p) for p in parts], dtype=np.float64)
+
+
+def _scalar(ds: Dataset, keyword: str, default: float, path: Path, notes: _Notes | None = None) -> float:
+    values = _numbers(ds, keyword, 1, path, notes)
+    return default if values is None else float(values[0])
+
+
+def _display_name(patient_id: str, study_date: str, description: str, series_number: str, plane: str = "") -> str:
+    return " ".join(part for part in (patient_id, study_date, f"{description}/{series_number}", plane) if part)
 
 
 @dataclass
@@ -99,11 +274,14 @@ class SeriesRef:
     patient_name: str = ""
     study_date: str = ""
     series_number: str = ""
+    # "axial", "sagittal", "coronal" (then "axial_2", ...): one orientation of a series whose images lie in
+    # several (a tri-plane localizer), split so that each plane is a volume; "" for a whole series.
+    part: str = ""
 
     @property
     def name(self) -> str:
-        """Human-readable label: "<PatientID> <StudyDate> <SeriesDescription>/<SeriesNumber>"."""
-        return _display_name(self.patient_id, self.study_date, self.description, self.series_number)
+        """Human-readable label: "<PatientID> <StudyDate> <SeriesDescription>/<SeriesNumber>[ part]"."""
+        return _display_name(self.patient_id, self.study_date, self.description, self.series_number, self.part)
 
 
 @dataclass
@@ -131,11 +309,16 @@ class DicomSeries:
     slice_sources: list[tuple[int, int]] = field(default_factory=list)
     study_date: str = ""
     series_number: str = ""
+    # "axial", "sagittal", "coronal" (then "axial_2", ...) when the series was split by orientation, else "".
+    part: str = ""
+    # The frames have no patient geometry and are more than one: separate pictures (a cine loop, a set of
+    # stills) with no known spatial relation, so each is normalised as a single image is.
+    independent_frames: bool = False
 
     @property
     def name(self) -> str:
-        """Human-readable label: "<PatientID> <StudyDate> <SeriesDescription>/<SeriesNumber>"."""
-        return _display_name(self.patient_id, self.study_date, self.description, self.series_number)
+        """Human-readable label: "<PatientID> <StudyDate> <SeriesDescription>/<SeriesNumber>[ part]"."""
+        return _display_name(self.patient_id, self.study_date, self.description, self.series_number, self.part)
 
 
 # ----------------------------------------------------------------------------------------------- scanning
@@ -186,11 +369,16 @@ def _iter_files(folder: Path) -> Iterable[Path]:
             yield Path(root) / name
 
 
-def find_dicom_series(folder: str | os.PathLike) -> tuple[list[SeriesRef], list[str]]:
-    """Scan ``folder`` recursively and group image instances by study and series.
+def find_dicom_series(
+    folder: str | os.PathLike, paths: Iterable[Path] | None = None
+) -> tuple[list[SeriesRef], list[str]]:
+    """Scan ``folder`` recursively (or only ``paths``, e.g. what a mixed folder holds besides images and
+    volumes) and group image instances by study and series.
 
-    Returns the series (sorted by patient, study date, series number) and one message per skipped file
-    (non-DICOM, DICOMDIR, SR, SEG, RTSTRUCT, ...). Only headers are read here.
+    Returns the series (sorted by patient, study date, series number, then plane) and messages: one per
+    skipped file (non-DICOM, DICOMDIR, SR, SEG, RTSTRUCT, ...) and one per series split by orientation (a
+    tri-plane localizer becomes one :class:`SeriesRef` per plane, ``part`` naming it). Only headers are read
+    here; pydicom's warnings about them are not printed (loading the series reports them as notes).
 
     Raises:
         NotADirectoryError: ``folder`` is not a folder.
@@ -200,20 +388,93 @@ def find_dicom_series(folder: str | os.PathLike) -> tuple[list[SeriesRef], list[
         raise NotADirectoryError(f"{folder} is not a folder")
     groups: dict[tuple[str, str], list[tuple[Path, Dataset]]] = defaultdict(list)
     skipped: list[str] = []
-    for path in _iter_files(folder):
-        try:
-            ds = _dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
-            skipped.append(f"{path}: skipped, not a readable DICOM file ({exc.__class__.__name__})")
-            continue
-        reason = _skip_reason(ds)
-        if reason:
-            skipped.append(f"{path}: skipped, {reason}")
-            continue
-        groups[(_text(ds, "StudyInstanceUID"), _text(ds, "SeriesInstanceUID"))].append((path, ds))
-    refs = [_series_ref(study, series, members) for (study, series), members in groups.items()]
-    refs.sort(key=lambda r: (r.patient_id, r.study_date, r.study_uid, _number(r.series_number), r.series_uid))
+    # Header warnings are not shown here: loading the series reads the headers again and reports them as the
+    # case's notes; a skipped file's warnings do not matter.
+    with _pydicom_warnings([]):
+        for path in _iter_files(folder) if paths is None else paths:
+            try:
+                ds = _dcmread(path, stop_before_pixels=True)
+                reason = _skip_reason(ds)
+            except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+                skipped.append(f"{path}: skipped, not a readable DICOM file ({exc.__class__.__name__})")
+                continue
+            finally:
+                _collector.sink.clear()
+            if reason:
+                skipped.append(f"{path}: skipped, {reason}")
+                continue
+            groups[(_text(ds, "StudyInstanceUID"), _text(ds, "SeriesInstanceUID"))].append((path, ds))
+        refs = []
+        for (study, series), members in groups.items():
+            parts = _split_by_orientation(members)
+            if len(parts) > 1:
+                skipped.append(
+                    f"{members[0][0].parent}: series {series} holds images in {len(parts)} orientations "
+                    f"(a localizer): split into {', '.join(name for name, _ in parts)} cases"
+                )
+            refs += [_series_ref(study, series, members, files, name) for name, files in parts]
+            _collector.sink.clear()
+    refs.sort(key=lambda r: (r.patient_id, r.study_date, r.study_uid, _number(r.series_number), r.series_uid, r.part))
     return refs, skipped
+
+
+def _file_orientation(ds: Dataset, path: Path) -> np.ndarray | None:
+    """The one ImageOrientationPatient of a file's frames, or None (absent, unreadable, or differing per frame)."""
+    try:
+        count = int(ds.get("NumberOfFrames", 1) or 1)
+        if "PerFrameFunctionalGroupsSequence" in ds:
+            items = [_group_item(ds, frame, "PlaneOrientationSequence") for frame in range(count)]
+            values = [_numbers(item, "ImageOrientationPatient", 6, path) if item else None for item in items]
+            if any(v is None for v in values) or any(
+                not np.allclose(v, values[0], atol=ORIENTATION_TOLERANCE, rtol=0) for v in values
+            ):
+                return None
+            return values[0]
+        return _numbers(ds, "ImageOrientationPatient", 6, path) if count == 1 else None
+    except (DicomSeriesError, ValueError, TypeError):
+        return None  # loading the series reports it, naming the file
+
+
+PLANES = ("sagittal", "coronal", "axial")  # by the LPS axis the slice normal is closest to
+
+
+def _split_by_orientation(
+    members: list[tuple[Path, Dataset]],
+) -> list[tuple[str, list[Path]]]:
+    """The files of one series grouped by image orientation: ``[("", files)]`` when they share one.
+
+    Split (rather than skipped) because each orientation of a tri-plane localizer is a valid stack with
+    exact geometry, as 3D Slicer and dcm2niix treat it. Only a series whose files all have a readable
+    orientation is split; anything else stays one series, so loading it reports the fault as before.
+    Each group is named after its slice normal's closest patient axis (``axial``, ``coronal``,
+    ``sagittal``; a second group of the same name gets ``_2``, ...), ordered by name and orientation, so
+    names do not depend on file names or scan order.
+    """
+    orientations = [_file_orientation(ds, path) for path, ds in members]
+    if any(o is None for o in orientations):
+        return [("", [path for path, _ in members])]
+    groups: list[tuple[np.ndarray, list[Path]]] = []
+    for (path, _), orientation in zip(members, orientations):
+        for known, paths in groups:
+            if np.allclose(known, orientation, atol=ORIENTATION_TOLERANCE, rtol=0):
+                paths.append(path)
+                break
+        else:
+            groups.append((orientation, [path]))
+    if len(groups) == 1:
+        return [("", groups[0][1])]
+    named = []
+    for orientation, paths in groups:
+        normal = np.cross(orientation[:3], orientation[3:])
+        plane = PLANES[int(np.argmax(np.abs(normal)))]
+        named.append((plane, tuple(np.round(orientation, 4).tolist()), paths))
+    named.sort(key=lambda item: (PLANES[::-1].index(item[0]), item[1]))
+    out: list[tuple[str, list[Path]]] = []
+    seen: dict[str, int] = {}
+    for plane, _, paths in named:
+        seen[plane] = seen.get(plane, 0) + 1
+        out.append((plane if seen[plane] == 1 else f"{plane}_{seen[plane]}", paths))
+    return out
 
 
 def _number(text: str) -> float:
@@ -223,18 +484,21 @@ def _number(text: str) -> float:
         return float("inf")
 
 
-def _series_ref(study_uid: str, series_uid: str, members: list[tuple[Path, Dataset]]) -> SeriesRef:
-    ds = members[0][1]
+def _series_ref(
+    study_uid: str, series_uid: str, members: list[tuple[Path, Dataset]], files: list[Path], part: str
+) -> SeriesRef:
+    ds = next(ds for path, ds in members if path == files[0])
     return SeriesRef(
         study_uid=study_uid,
         series_uid=series_uid,
         modality=_text(ds, "Modality"),
         description=_text(ds, "SeriesDescription"),
-        files=[path for path, _ in members],
+        files=files,
         patient_id=_text(ds, "PatientID"),
         patient_name=_text(ds, "PatientName"),
         study_date=_text(ds, "StudyDate"),
         series_number=_text(ds, "SeriesNumber"),
+        part=part,
     )
 
 
@@ -268,22 +532,15 @@ def _group_item(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
     return None
 
 
-def _floats(value: object, count: int) -> np.ndarray | None:
-    if value is None:
-        return None
-    array = np.asarray([float(v) for v in value], dtype=np.float64)  # type: ignore[union-attr]
-    return array if array.size == count else None
-
-
-def _pixel_spacing(item: Dataset | None) -> tuple[float, float] | None:
+def _pixel_spacing(item: Dataset | None, path: Path, notes: _Notes) -> tuple[float, float] | None:
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-        values = _floats(item.get(keyword), 2) if item is not None else None
+        values = _numbers(item, keyword, 2, path, notes) if item is not None else None
         if values is not None and np.all(values > 0):
             return float(values[0]), float(values[1])
     return None
 
 
-def _enhanced_frames(ds: Dataset, index: int, path: Path) -> list[_Frame]:
+def _enhanced_frames(ds: Dataset, index: int, path: Path, notes: _Notes) -> list[_Frame]:
     """Frames of an enhanced multi-frame object, geometry and rescale from the functional groups."""
     frames = []
     for frame in range(int(ds.get("NumberOfFrames", 1))):
@@ -295,41 +552,46 @@ def _enhanced_frames(ds: Dataset, index: int, path: Path) -> list[_Frame]:
                 dataset_index=index,
                 frame=frame,
                 path=path,
-                position=_floats(position.get("ImagePositionPatient"), 3) if position else None,
-                orientation=_floats(orientation.get("ImageOrientationPatient"), 6) if orientation else None,
-                spacing=_pixel_spacing(_group_item(ds, frame, "PixelMeasuresSequence")),
-                slope=float(transform.get("RescaleSlope", 1.0)) if transform else 1.0,
-                intercept=float(transform.get("RescaleIntercept", 0.0)) if transform else 0.0,
+                position=_numbers(position, "ImagePositionPatient", 3, path, notes) if position else None,
+                orientation=_numbers(orientation, "ImageOrientationPatient", 6, path, notes) if orientation else None,
+                spacing=_pixel_spacing(_group_item(ds, frame, "PixelMeasuresSequence"), path, notes),
+                slope=_scalar(transform, "RescaleSlope", 1.0, path, notes) if transform else 1.0,
+                intercept=_scalar(transform, "RescaleIntercept", 0.0, path, notes) if transform else 0.0,
                 instance_number=float(frame),
             )
         )
     return frames
 
 
-def _classic_frames(ds: Dataset, index: int, path: Path) -> list[_Frame]:
+def _classic_frames(ds: Dataset, index: int, path: Path, notes: _Notes) -> list[_Frame]:
     """Frames of a classic object; a multi-frame one (cine, secondary capture) has no per-frame position."""
     count = int(ds.get("NumberOfFrames", 1) or 1)
     single = count == 1
+    position = _numbers(ds, "ImagePositionPatient", 3, path, notes) if single else None
+    orientation = _numbers(ds, "ImageOrientationPatient", 6, path, notes) if single else None
+    spacing = _pixel_spacing(ds, path, notes)
+    slope = _scalar(ds, "RescaleSlope", 1.0, path, notes) or 1.0  # a stored 0 means "not set"
+    intercept = _scalar(ds, "RescaleIntercept", 0.0, path, notes)
     return [
         _Frame(
             dataset_index=index,
             frame=frame,
             path=path,
-            position=_floats(ds.get("ImagePositionPatient"), 3) if single else None,
-            orientation=_floats(ds.get("ImageOrientationPatient"), 6) if single else None,
-            spacing=_pixel_spacing(ds),
-            slope=float(ds.get("RescaleSlope", 1.0) or 1.0),
-            intercept=float(ds.get("RescaleIntercept", 0.0) or 0.0),
+            position=position,
+            orientation=orientation,
+            spacing=spacing,
+            slope=slope,
+            intercept=intercept,
             instance_number=_number(_text(ds, "InstanceNumber")) + frame / count,
         )
         for frame in range(count)
     ]
 
 
-def _frames_of(ds: Dataset, index: int, path: Path) -> list[_Frame]:
+def _frames_of(ds: Dataset, index: int, path: Path, notes: _Notes) -> list[_Frame]:
     if "PerFrameFunctionalGroupsSequence" in ds:
-        return _enhanced_frames(ds, index, path)
-    return _classic_frames(ds, index, path)
+        return _enhanced_frames(ds, index, path, notes)
+    return _classic_frames(ds, index, path, notes)
 
 
 # ------------------------------------------------------------------------------------------- validation
@@ -414,25 +676,27 @@ def _sort_by_position(frames: list[_Frame], normal: np.ndarray) -> tuple[list[_F
     return frames, float(spacing)
 
 
-def _fallback_slice_spacing(ds: Dataset) -> float:
+def _fallback_slice_spacing(ds: Dataset, path: Path, notes: _Notes) -> float:
     """Third-axis spacing of one slice or an unlocated stack: SpacingBetweenSlices, SliceThickness or 1 mm."""
     for keyword in ("SpacingBetweenSlices", "SliceThickness"):
-        value = ds.get(keyword)
-        if value is not None and str(value).strip() and float(value) > 0:
-            return float(value)
+        value = _numbers(ds, keyword, 1, path, notes)
+        if value is not None and value[0] > 0:
+            return float(value[0])
     return 1.0
 
 
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def _read_datasets(files: list[Path]) -> list[Dataset]:
+def _read_datasets(files: list[Path], notes: _Notes) -> list[Dataset]:
     datasets = []
     for path in files:
         try:
             datasets.append(_dcmread(path))
         except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
             raise DicomSeriesError(f"cannot read {path}: {exc}") from exc
+        finally:
+            _flush_warnings(notes, path)
     return datasets
 
 
@@ -464,7 +728,9 @@ def _is_rgb(ds: Dataset) -> bool:
     return int(ds.get("SamplesPerPixel", 1)) == 3 or _text(ds, "PhotometricInterpretation") == "PALETTE COLOR"
 
 
-def _fill_array(datasets: list[Dataset], files: list[Path], frames: list[_Frame], rgb: bool) -> np.ndarray:
+def _fill_array(
+    datasets: list[Dataset], files: list[Path], frames: list[_Frame], rgb: bool, notes: _Notes
+) -> np.ndarray:
     """Decode each instance once into the (C, X, Y, Z) float32 volume, then drop its pixel bytes."""
     first = datasets[0]
     channels = 3 if rgb else 1
@@ -473,7 +739,10 @@ def _fill_array(datasets: list[Dataset], files: list[Path], frames: list[_Frame]
     for k, frame in enumerate(frames):
         slots[frame.dataset_index].append((k, frame))
     for index, members in slots.items():
-        pixels = _decode(datasets[index], files[index])
+        try:
+            pixels = _decode(datasets[index], files[index])
+        finally:
+            _flush_warnings(notes, files[index])
         for k, frame in members:
             plane = pixels[frame.frame].astype(np.float32)  # (rows, columns, samples)
             if not rgb and (frame.slope != 1.0 or frame.intercept != 0.0):
@@ -504,8 +773,14 @@ def _unlocated_affine(spacing: tuple[float, float], dz: float) -> np.ndarray:
     return lps_to_ras(np.diag([spacing[1], spacing[0], dz, 1.0]))
 
 
-def _geometry(frames: list[_Frame], first: Dataset, warnings: list[str]) -> tuple[list[_Frame], np.ndarray]:
-    """Sort frames and build the affine; warn where geometry had to be assumed."""
+def _geometry(
+    frames: list[_Frame], first: Dataset, path: Path, notes: _Notes, warnings: list[str]
+) -> tuple[list[_Frame], np.ndarray, bool]:
+    """Sort frames and build the affine; warn where geometry had to be assumed.
+
+    Returns:
+        The frames in volume order, the 4x4 RAS affine, and whether the frames have patient geometry.
+    """
     if all(f.spacing is not None for f in frames):
         spacing = tuple(float(v) for v in _common(frames, "spacing", 1e-4, "PixelSpacing"))
     else:
@@ -515,37 +790,79 @@ def _geometry(frames: list[_Frame], first: Dataset, warnings: list[str]) -> tupl
         orientation = _common(frames, "orientation", ORIENTATION_TOLERANCE, "ImageOrientationPatient")
         normal = np.cross(orientation[:3], orientation[3:])
         frames, dz = _sort_by_position(frames, normal)
-        return frames, _located_affine(frames, orientation, spacing, dz or _fallback_slice_spacing(first))
+        dz = dz or _fallback_slice_spacing(first, path, notes)
+        return frames, _located_affine(frames, orientation, spacing, dz), True
     frames = sorted(frames, key=lambda f: (f.instance_number, f.dataset_index, f.frame))
     warnings.append("no ImagePositionPatient/ImageOrientationPatient: identity orientation at the origin assumed")
-    return frames, _unlocated_affine(spacing, _fallback_slice_spacing(first))
+    return frames, _unlocated_affine(spacing, _fallback_slice_spacing(first, path, notes)), False
+
+
+def _flush_warnings(notes: _Notes, path: Path, keyword: str = "") -> None:
+    """Move the warnings collected so far in this thread (see :func:`_pydicom_warnings`) into ``notes``."""
+    sink = getattr(_collector, "sink", None)
+    if sink:
+        for message in sink:
+            notes.add(f"pydicom: {keyword + ': ' if keyword else ''}{message}", path)
+        sink.clear()
+
+
+def _convert_elements(ds: Dataset, path: Path, notes: _Notes) -> None:
+    """Convert every element of a header now, so pydicom's value warnings arise here, attributed to their
+    attribute, rather than later (at SEG writing) or nowhere. An element pydicom cannot convert stays raw."""
+    for tag in list(ds.keys()):
+        keyword = keyword_for_tag(tag) or str(tag)
+        try:
+            elem = ds[tag]
+        except Exception as exc:  # noqa: BLE001 - an unreadable optional element must not sink the series
+            notes.add(f"pydicom: {keyword}: cannot read the value ({exc})", path)
+            continue
+        finally:
+            _flush_warnings(notes, path, keyword)
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _convert_elements(item, path, notes)
 
 
 def load_series(series: SeriesRef | Iterable[str | os.PathLike]) -> DicomSeries:
     """Read one series (a :class:`SeriesRef` or its files) into a :class:`DicomSeries`.
 
+    A :class:`SeriesRef` that is one orientation of a split series (``part`` set) loads only its files.
+    pydicom's warnings become entries of ``warnings`` (one per message, naming the files) instead of stderr.
+
     Raises:
         DicomSeriesError: naming the files, for no files, mixed sizes/orientations, duplicate positions,
-            uneven spacing, mixed studies/series, non-image objects and unreadable pixel data.
+            uneven spacing, mixed studies/series, non-image objects and unreadable pixel data; naming the
+            file, attribute and raw value for a geometry number that cannot be read.
     """
     files = list(series.files) if isinstance(series, SeriesRef) else [Path(p) for p in series]
     if not files:
         raise DicomSeriesError("no files given for the series")
-    datasets = _read_datasets(files)
-    _check_same_series(datasets, files)
-    _check_uniform_layout(datasets, files)
-    frames = [frame for i, (ds, path) in enumerate(zip(datasets, files)) for frame in _frames_of(ds, i, path)]
-    warnings: list[str] = []
-    frames, affine = _geometry(frames, datasets[0], warnings)
-    order = list(dict.fromkeys(f.dataset_index for f in frames))  # datasets in volume order
-    remap = {old: new for new, old in enumerate(order)}
-    datasets = [datasets[i] for i in order]
-    files = [files[i] for i in order]
-    for frame in frames:
-        frame.dataset_index = remap[frame.dataset_index]
-    first = datasets[0]
-    rgb = _is_rgb(first)
-    array = _fill_array(datasets, files, frames, rgb)
+    notes = _Notes()
+    with _pydicom_warnings([]):
+        datasets = _read_datasets(files, notes)
+        _check_same_series(datasets, files)
+        _check_uniform_layout(datasets, files)
+        frames = []
+        for i, (ds, path) in enumerate(zip(datasets, files)):
+            frames += _frames_of(ds, i, path, notes)
+            _convert_elements(ds, path, notes)  # after _frames_of, which repaired comma-written numbers
+        warnings: list[str] = []
+        frames, affine, located = _geometry(frames, datasets[0], files[0], notes, warnings)
+        order = list(dict.fromkeys(f.dataset_index for f in frames))  # datasets in volume order
+        remap = {old: new for new, old in enumerate(order)}
+        datasets = [datasets[i] for i in order]
+        files = [files[i] for i in order]
+        for frame in frames:
+            frame.dataset_index = remap[frame.dataset_index]
+        first = datasets[0]
+        rgb = _is_rgb(first)
+        array = _fill_array(datasets, files, frames, rgb, notes)
+    part = series.part if isinstance(series, SeriesRef) else ""
+    if part:
+        warnings.append(
+            f"series {_text(first, 'SeriesInstanceUID')} holds images in several orientations (a localizer); "
+            f"this case is its {part} images, each other orientation is a case of its own"
+        )
     return DicomSeries(
         study_uid=_text(first, "StudyInstanceUID"),
         series_uid=_text(first, "SeriesInstanceUID"),
@@ -558,10 +875,12 @@ def load_series(series: SeriesRef | Iterable[str | os.PathLike]) -> DicomSeries:
         patient_id=_text(first, "PatientID"),
         patient_name=_text(first, "PatientName"),
         is_rgb=rgb,
-        warnings=warnings,
+        warnings=warnings + notes.lines(),
         slice_sources=[(f.dataset_index, f.frame) for f in frames],
         study_date=_text(first, "StudyDate"),
         series_number=_text(first, "SeriesNumber"),
+        part=part,
+        independent_frames=not located and len(frames) > 1,
     )
 
 

@@ -3,8 +3,10 @@
 The SEG references the source instances frame by frame, carries the patient and study of the source, one
 segment per label value present (empty ones are left out, segment numbers renumbered 1..n as DICOM requires)
 and identifies the algorithm as AUTOMATIC / Artificial Intelligence. Source headers are normalised on copies
-only (real PACS data has empty SpecificCharacterSet values that highdicom refuses); user files are never
-touched. Output is written atomically.
+only (real PACS data has empty SpecificCharacterSet values that highdicom refuses; anonymised data lacks
+Type 2 patient/study attributes, which the SEG then carries empty, as the standard allows); user files are never
+touched. :func:`seg_writable` says up front, from headers only, whether a series can have a SEG. Output is
+written atomically.
 """
 
 from __future__ import annotations
@@ -25,9 +27,22 @@ from ..segments import SegmentInfo, segments_from_dicts
 from .atomic import atomic_path
 from .dicom_io import DicomSeries
 
-__all__ = ["EmptySegmentationError", "read_dicom_seg", "write_dicom_seg"]
+__all__ = ["EmptySegmentationError", "read_dicom_seg", "seg_writable", "write_dicom_seg"]
 
 MANUFACTURER = "DoubleU-Net Segment"
+# Type 2 attributes (present, possibly empty) of the Patient and General Study modules that highdicom copies
+# from the source; anonymisers often delete them instead of emptying them (qurit/rt-utils#20).
+TYPE2_COPIED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "StudyID",
+    "ReferringPhysicianName",
+)
 
 
 class EmptySegmentationError(ValueError):
@@ -68,6 +83,9 @@ def _normalised_copy(ds: Dataset) -> Dataset:
     for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
         if keyword in ds:
             delattr(ds, keyword)
+    for keyword in TYPE2_COPIED:
+        if keyword not in ds:
+            setattr(ds, keyword, "")  # the SEG gets the empty value the standard allows for an unknown one
     if "FrameOfReferenceUID" not in ds and "SliceThickness" not in ds and "PixelSpacing" in ds:
         # highdicom would copy a Pixel Measures item without SliceThickness, which it then cannot read back
         del ds.PixelSpacing
@@ -86,17 +104,47 @@ def _check_label_map(series: DicomSeries, label_map: np.ndarray, segments: list[
     return label_map.astype(np.int64)
 
 
+def seg_writable(series: DicomSeries) -> str | None:
+    """Whether :func:`write_dicom_seg` can write a SEG for ``series``, decided from headers only (cheap).
+
+    The runner asks this while planning a case's outputs, before any file is written, so a SEG the series
+    cannot carry becomes a note instead of a failed case with files left behind.
+
+    Frames without patient geometry (no FrameOfReferenceUID: a cine loop, a set of stills) can be referenced
+    by a SEG only one image at a time here: the standard would allow a SEG whose frames point at their source
+    frames without plane positions, but highdicom, which writes the SEG, supports images without a Frame of
+    Reference for a single frame only (highdicom#284).
+
+    Args:
+        series: the loaded source series.
+
+    Returns:
+        None when a SEG can be written, else the reason, as a sentence part ("images without ...").
+    """
+    frames = len(series.slice_sources)
+    if "FrameOfReferenceUID" not in series.datasets[0] and frames > 1:
+        return (
+            f"the series' {frames} frames have no patient geometry (no FrameOfReferenceUID); highdicom writes a "
+            "DICOM SEG of such images for a single frame only"
+        )
+    first = series.datasets[0]
+    located = "FrameOfReferenceUID" in first and "SharedFunctionalGroupsSequence" not in first
+    if located and not any(keyword in first for keyword in ("PixelSpacing", "ImagerPixelSpacing")):
+        # The reader assumes 1 mm pixels (and says so); a SEG would state that guess as the source's geometry.
+        return "the source images have no PixelSpacing, so the SEG's plane geometry would be made up"
+    multi_frame = any(frame > 0 for _, frame in series.slice_sources)
+    if multi_frame and len(series.datasets) > 1:
+        return "a DICOM SEG of a series made of several multi-frame instances is not supported"
+    return None
+
+
 def _source_frames(series: DicomSeries, numbered: np.ndarray) -> tuple[list[Dataset], np.ndarray]:
     """Source headers and the (frames, rows, columns) array in the order highdicom expects."""
     rows, columns = int(series.datasets[0].Rows), int(series.datasets[0].Columns)
-    if not _has_frame_of_reference(series) and len(series.slice_sources) > 1:
-        raise ValueError(
-            "DICOM SEG of images without patient geometry (no FrameOfReferenceUID) is supported for a single "
-            f"image only; this series has {len(series.slice_sources)} frames"
-        )
+    reason = seg_writable(series)
+    if reason is not None:
+        raise ValueError(f"no DICOM SEG: {reason}")
     multi_frame = any(frame > 0 for _, frame in series.slice_sources)
-    if multi_frame and len(series.datasets) > 1:
-        raise ValueError("DICOM SEG of a series made of several multi-frame instances is not supported")
     count = len(series.slice_sources) if multi_frame else len(series.datasets)
     pixels = np.zeros((count, rows, columns), dtype=np.uint16)
     for k, (index, frame) in enumerate(series.slice_sources):
@@ -142,8 +190,8 @@ def write_dicom_seg(
     Raises:
         EmptySegmentationError: ``segments`` is empty.
         ValueError: the label map does not match the series grid, holds non-integers or values without a
-            segment, or the series is made of several multi-frame instances or of several images
-            without a FrameOfReferenceUID.
+            segment, or :func:`seg_writable` gives a reason (several multi-frame instances; several frames
+            without a FrameOfReferenceUID).
         FileExistsError: ``path`` exists and ``overwrite`` is False.
     """
     infos = sorted(segments_from_dicts(list(segments)), key=lambda s: s.value)

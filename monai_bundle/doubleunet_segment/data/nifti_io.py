@@ -87,11 +87,21 @@ def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        nibabel.filebasedimages.ImageFileError: ``path`` is not a NIfTI file.
-        ValueError: any other number of dimensions.
+        ValueError: ``path`` is not a readable NIfTI file: not NIfTI at all, a gzip stream cut short or
+            corrupt, or a header promising more voxels than the file holds (the message names the file
+            and the reason); or the image has an unsupported number of dimensions.
     """
-    image = nib.load(path)
-    data = np.asarray(image.get_fdata(dtype=np.float32))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"input not found: {path}")
+    try:
+        image = nib.load(path)
+        # reads every voxel now: a short or corrupt file must fail here, before any output is written
+        data = np.asarray(image.get_fdata(dtype=np.float32))
+    except Exception as err:  # nibabel, gzip, zlib and numpy each raise their own kinds for a bad file
+        reason = " ".join(str(err).split()) or type(err).__name__
+        if isinstance(err, EOFError):  # gzip's words for a .nii.gz cut short
+            reason = f"compressed data ends early: {reason}"
+        raise ValueError(f"{path}: unreadable NIfTI file, truncated or corrupt? ({reason})") from err
     if data.ndim == 2:
         data = data[:, :, None]
     if data.ndim == 3:

@@ -174,8 +174,8 @@ def validation_images(spec: ModelSpec, n: int = VALIDATION_IMAGES) -> list[np.nd
     Found through ``spec.extra['datalist']`` or ``configs/datalist_<segments>.json`` and the sample
     data folder; an empty list (no data here) makes :func:`choose_precision` keep float32.
     """
-    from ..data.cases import read_image_2d, read_volume_file
     from ..data.datalist import is_volume, load_items
+    from ..data.image_io import read_image_2d, read_volume_file
 
     name = spec.extra.get("datalist") or (f"datalist_{spec.segments}.json" if isinstance(spec.segments, str) else None)
     datalist = paths.configs_dir() / name if name else None

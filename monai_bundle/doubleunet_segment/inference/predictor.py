@@ -22,7 +22,7 @@ import torch
 from .. import paths
 from ..catalog import ModelSpec, load_model
 from ..networks.doubleunet import DoubleUNet
-from ..transforms import Normalize, ProbabilitiesToLabels, keep_largest_components
+from ..transforms import Normalize, ProbabilitiesToLabels, keep_largest_components, normalize_each_slice
 from .batching import OutOfMemory, default_batch_size, empty_slices, run_in_batches
 from .inferer import DoubleUNetInferer
 from .precision import choose_backend, choose_precision, time_call, validation_images, weights_key
@@ -265,9 +265,16 @@ class Predictor:
         return part[None].to(self.device)
 
     def _stream(
-        self, volume: np.ndarray, emit: Callable[[np.ndarray, torch.Tensor], None], progress: ProgressCallback | None
+        self,
+        volume: np.ndarray,
+        emit: Callable[[np.ndarray, torch.Tensor], None],
+        progress: ProgressCallback | None,
+        independent_slices: bool = False,
     ) -> int:
-        """Feed the volume batch by batch to ``emit(slice indices, probabilities)``; returns slices skipped."""
+        """Feed the volume batch by batch to ``emit(slice indices, probabilities)``; returns slices skipped.
+
+        ``independent_slices``: the slices along Z are separate pictures, each normalised on its own.
+        """
         checked = self._check_channels(volume)
         axis = self.inferer.slice_axis
         n = checked.shape[axis + 1]
@@ -281,7 +288,10 @@ class Predictor:
             emit(np.flatnonzero(empty), background)
         if np.shares_memory(checked, volume) and not self._preprocessing_copies():
             checked = checked.copy()  # zscore (MONAI) works in place; the caller's volume stays as given
-        x = self.preprocessing(checked)
+        if independent_slices:
+            x = normalize_each_slice(checked, self.preprocessing)
+        else:
+            x = self.preprocessing(checked)
         todo = np.flatnonzero(~empty)
         done = int(empty.sum())
 
@@ -325,7 +335,11 @@ class Predictor:
         out[tuple(where)] = values
 
     def predict(
-        self, volume: np.ndarray, progress: ProgressCallback | None = None, chunk: int | None = None
+        self,
+        volume: np.ndarray,
+        progress: ProgressCallback | None = None,
+        chunk: int | None = None,
+        independent_slices: bool = False,
     ) -> np.ndarray:
         """(C, X, Y, Z) volume -> (K, X, Y, Z) float32 probabilities, along the model's slice axis.
 
@@ -334,6 +348,8 @@ class Predictor:
                 for RGB models and RGB averaged for grey ones. Not modified.
             progress: called with (slices done, slices in total) after each batch.
             chunk: slices per forward pass for this call, instead of the predictor's batch size.
+            independent_slices: the slices along Z are separate pictures (a cine loop without patient
+                geometry): each is normalised as the same picture given alone would be.
 
         Returns:
             (K, X, Y, Z) float32 probabilities (K = 1 for binary models).
@@ -347,14 +363,18 @@ class Predictor:
         axis = self.inferer.slice_axis
         out = np.zeros((self.spec.out_channels, *volume.shape[1:]), dtype=np.float32)
         try:
-            self._stream(volume, lambda index, p: self._put(out, axis, index, p.numpy()), progress)
+            self._stream(volume, lambda index, p: self._put(out, axis, index, p.numpy()), progress, independent_slices)
         finally:
             if chunk:
                 self.inferer.sw_batch_size = saved
         return out
 
     def segment(
-        self, volume: np.ndarray, progress: ProgressCallback | None = None, keep_probabilities: bool = True
+        self,
+        volume: np.ndarray,
+        progress: ProgressCallback | None = None,
+        keep_probabilities: bool = True,
+        independent_slices: bool = False,
     ) -> Prediction:
         """Probabilities (if kept) and labels; labels are made per batch, so without probabilities a
         512x512x600 volume needs only its own memory plus a uint8 label map. A model whose spec says
@@ -364,6 +384,8 @@ class Predictor:
             volume: (C, X, Y, Z) in input units, as for :meth:`predict`; not modified.
             progress: called with (slices done, slices in total) after each batch.
             keep_probabilities: also return the (K, X, Y, Z) probabilities.
+            independent_slices: the slices along Z are separate pictures (a cine loop without patient
+                geometry): each is normalised as the same picture given alone would be.
 
         Returns:
             The :class:`Prediction`.
@@ -383,7 +405,7 @@ class Predictor:
             if probs is not None:
                 self._put(probs, axis, index, values)
 
-        skipped = self._stream(volume, emit, progress)
+        skipped = self._stream(volume, emit, progress, independent_slices)
         if self.spec.largest_component:
             labels = keep_largest_components(labels, max(1, self.spec.out_channels - 1))
         return Prediction(probs, labels, str(self.device), self.device_reason, skipped, list(self.notes))

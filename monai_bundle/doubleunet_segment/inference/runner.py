@@ -5,8 +5,14 @@ NIfTI label map on the source geometry, a ``segments.json`` of names/colours/cod
 input, and PNGs a person can look at. A failed case is reported and the rest still run. Inputs are never
 written to; outputs are written atomically and never overwritten unless asked.
 
+A case's outputs are all or nothing: every file is decided before any is written (a DICOM SEG the series
+cannot carry is dropped with a note up front), all are written to temporary files, and only then moved into
+place together (:func:`doubleunet_segment.data.atomic.atomic_files`). A case that fails at any point leaves no
+file of this run in its folder, and a folder it made is removed again. With ``overwrite`` the old files are
+replaced only once every new file is complete: a failed run leaves the previous results as they were.
+
 The end-of-run table goes to this module's logger at INFO, one record per line: the CLI shows it on stderr
-(:func:`doubleunet_segment.cli.show_log_on_stderr`), ``monai.bundle run`` through the bundle's
+(:func:`.progress.show_log_on_stderr`), ``monai.bundle run`` through the bundle's
 ``configs/logging.conf``.
 """
 
@@ -21,8 +27,9 @@ from pathlib import Path
 
 from .. import __version__
 from ..catalog import ModelSpec
-from ..data.atomic import atomic_write_text, refuse_overwrite
-from ..data.cases import Case, Volume, discover
+from ..data.atomic import OutputExistsError, atomic_files, atomic_write_text, refuse_overwrite
+from ..data.cases import Case, discover
+from ..data.image_io import Volume
 from ..data.nifti_io import write_nifti
 from ..data.overlay import blend, mask_png, orthogonal_views, save_png
 from . import protocol
@@ -34,7 +41,9 @@ __all__ = [
     "FORMATS",
     "CaseResult",
     "check_output_location",
+    "label_rule",
     "log_summary",
+    "exit_if_failed",
     "parse_formats",
     "run_case",
     "segment_cases",
@@ -89,14 +98,32 @@ class CaseResult:
     message: str = ""
 
 
-def _planned_outputs(case_dir: Path, volume: Volume, formats: set[str], save_probs: bool) -> dict[str, Path]:
-    out = {"segments": case_dir / "segments.json"}
+def _planned_outputs(
+    case_dir: Path, volume: Volume, formats: set[str], save_probs: bool
+) -> tuple[dict[str, Path], list[str]]:
+    """Every output of a case, decided before any is written, and notes on formats that do not apply.
+
+    Returns:
+        kind -> path (``segments`` last: its presence means the case is done), and notes such as why the
+        DICOM SEG is left out.
+    """
+    out: dict[str, Path] = {}
+    notes: list[str] = []
     if "nifti" in formats:
         out["nifti"] = case_dir / "segmentation.nii.gz"
     if "seg-nrrd" in formats and not volume.is_2d_image:
         out["seg-nrrd"] = case_dir / "segmentation.seg.nrrd"
     if "dicom-seg" in formats and volume.series is not None:
-        out["dicom-seg"] = case_dir / "seg.dcm"
+        # the reader-side check (when data.dicom_seg provides it) turns a SEG the series cannot carry into a
+        # note instead of a failed case; without it a failing SEG writer still leaves nothing behind
+        from ..data import dicom_seg  # highdicom: imported only for DICOM input
+
+        check = getattr(dicom_seg, "seg_writable", None)
+        reason = check(volume.series) if check is not None else None
+        if reason is None:
+            out["dicom-seg"] = case_dir / "seg.dcm"
+        else:
+            notes.append(f"DICOM SEG not written: {reason}")
     if "png" in formats:
         if volume.is_2d_image:
             out["mask"] = case_dir / "mask.png"
@@ -105,63 +132,115 @@ def _planned_outputs(case_dir: Path, volume: Volume, formats: set[str], save_pro
             out["views"] = case_dir / "views.png"
     if save_probs:
         out["probabilities"] = case_dir / "probabilities.nii.gz"
-    return out
+    out["segments"] = case_dir / "segments.json"
+    return out, notes
 
 
-def write_outputs(
-    case_dir: Path, volume: Volume, seg: Prediction, spec: ModelSpec, planned: dict[str, Path], overwrite: bool
-) -> None:
-    """Every planned file, each written atomically; ``segments.json`` last, so its presence means done.
+def label_rule(spec: ModelSpec, postprocessing: object = None) -> dict[str, object]:
+    """How probabilities became labels, as ``segments.json`` records it.
+
+    A binary model (one output channel) labels a pixel foreground where its probability is ``>=`` the
+    threshold: ``{"threshold": 0.5, "label_rule": "threshold"}`` with the value actually applied (the
+    postprocessing's own threshold when it has one, so ``--threshold`` and the Slicer slider count). A
+    multi-class model takes the most probable class, background included, and has no threshold:
+    ``{"threshold": None, "label_rule": "argmax"}``.
 
     Args:
-        case_dir: the case's output folder.
-        volume: the input, its ``array`` (C, X, Y, Z) and ``affine`` (4x4, RAS mm) giving the output grid.
-        seg: the prediction, ``labels`` (X, Y, Z) on the input's grid.
-        spec: the model (segment names, colours and codes; threshold).
-        planned: kind -> path, as planned for the case.
-        overwrite: replace existing files.
-
-    Raises:
-        FileExistsError: a file exists and ``overwrite`` is False.
+        spec: the model.
+        postprocessing: the predictor's probabilities -> labels transform (None: the spec's threshold).
     """
+    if spec.out_channels == 1:
+        threshold = getattr(postprocessing, "threshold", None)
+        return {"threshold": float(spec.threshold if threshold is None else threshold), "label_rule": "threshold"}
+    return {"threshold": None, "label_rule": "argmax"}
+
+
+def _write_files(
+    volume: Volume,
+    seg: Prediction,
+    spec: ModelSpec,
+    targets: dict[str, Path],
+    names: dict[str, str],
+    rule: dict[str, object],
+) -> None:
+    """Write each output to ``targets`` (fresh temporary paths); ``names`` are the final file names for
+    ``segments.json``'s ``files``."""
     segments = spec.segment_infos()
-    if "nifti" in planned:
-        write_nifti(seg.labels, volume.affine, planned["nifti"], overwrite=overwrite)
-    if "probabilities" in planned:
-        write_nifti(seg.probabilities, volume.affine, planned["probabilities"], overwrite=overwrite)
-    if "seg-nrrd" in planned:
+    if "nifti" in targets:
+        write_nifti(seg.labels, volume.affine, targets["nifti"])
+    if "probabilities" in targets:
+        write_nifti(seg.probabilities, volume.affine, targets["probabilities"])
+    if "seg-nrrd" in targets:
         from ..data.nifti_io import write_seg_nrrd
 
-        write_seg_nrrd(seg.labels, volume.affine, segments, planned["seg-nrrd"], overwrite=overwrite)
-    if "dicom-seg" in planned:
+        write_seg_nrrd(seg.labels, volume.affine, segments, targets["seg-nrrd"])
+    if "dicom-seg" in targets:
         from ..data.dicom_seg import write_dicom_seg
 
-        write_dicom_seg(
-            volume.series,
-            seg.labels,
-            segments,
-            planned["dicom-seg"],
-            algorithm_version=__version__,
-            overwrite=overwrite,
-        )
-    if "mask" in planned:
-        save_png(mask_png(seg.labels[:, :, 0]), planned["mask"], overwrite)
-        save_png(blend(volume.array[:, :, :, 0], seg.labels[:, :, 0], segments), planned["overlay"], overwrite)
-    if "views" in planned:
-        save_png(orthogonal_views(volume.array, seg.labels, segments), planned["views"], overwrite)
+        write_dicom_seg(volume.series, seg.labels, segments, targets["dicom-seg"], algorithm_version=__version__)
+    if "mask" in targets:
+        save_png(mask_png(seg.labels[:, :, 0]), targets["mask"])
+        save_png(blend(volume.array[:, :, :, 0], seg.labels[:, :, 0], segments), targets["overlay"])
+    if "views" in targets:
+        save_png(orthogonal_views(volume.array, seg.labels, segments), targets["views"])
     info = {
         "model": spec.name,
         "software": f"DoubleU-Net Segment {__version__}",
         "device": seg.device,
         "device_reason": seg.device_reason,
-        "threshold": spec.threshold if spec.out_channels > 1 else None,
+        **rule,
         "largest_component": spec.largest_component,
         "shape": list(seg.labels.shape),
         "segments": [s.to_dict() for s in segments],
         "voxels": {s.name: int((seg.labels == s.value).sum()) for s in segments},
-        "files": {k: p.name for k, p in planned.items() if k != "segments"},
+        "files": {k: name for k, name in names.items() if k != "segments"},
     }
-    atomic_write_text(planned["segments"], json.dumps(info, indent=1) + "\n", overwrite=overwrite)
+    atomic_write_text(targets["segments"], json.dumps(info, indent=1) + "\n")
+
+
+def write_outputs(
+    case_dir: Path,
+    volume: Volume,
+    seg: Prediction,
+    spec: ModelSpec,
+    planned: dict[str, Path],
+    overwrite: bool,
+    rule: dict[str, object] | None = None,
+) -> None:
+    """Every planned file, all or nothing: the files appear together, or none written by this call remains.
+
+    Every file is first written beside its target under a temporary name; only when all are complete are
+    they moved into place in ``planned``'s order (``segments.json`` last, so its presence means done). If a
+    writer fails, the temporary files are removed, and ``case_dir`` too when this call made it and nothing
+    else is in it. With ``overwrite`` an existing file is replaced only at the end, and put back if moving
+    the new set into place fails: a failed case leaves the previous results as they were.
+
+    Args:
+        case_dir: the case's output folder (made when missing).
+        volume: the input, its ``array`` (C, X, Y, Z) and ``affine`` (4x4, RAS mm) giving the output grid.
+        seg: the prediction, ``labels`` (X, Y, Z) on the input's grid.
+        spec: the model (segment names, colours and codes; threshold).
+        planned: kind -> path, as planned for the case (see ``_planned_outputs``); must hold ``segments``.
+        overwrite: replace existing files.
+        rule: the labelling rule ``segments.json`` records (default: :func:`label_rule` of ``spec``).
+
+    Raises:
+        FileExistsError: a file exists and ``overwrite`` is False.
+        ValueError, OSError, ...: whatever a writer raises (a DICOM SEG the series cannot carry, a full
+            disk), after the cleanup.
+    """
+    made = not case_dir.exists()
+    names = {k: p.name for k, p in planned.items()}
+    try:
+        with atomic_files(planned, overwrite=overwrite) as staged:
+            _write_files(volume, seg, spec, staged, names, rule or label_rule(spec))
+    except BaseException:
+        if made:
+            try:
+                case_dir.rmdir()  # only when empty: never a file someone else put there meanwhile
+            except OSError:
+                pass
+        raise
 
 
 def check_output_location(output: Path, inputs: list[str]) -> None:
@@ -198,24 +277,46 @@ def run_case(
     case_dir = args.output / case.name
     try:
         volume = case.load()
-        for note in volume.warnings:
+        planned, plan_notes = _planned_outputs(case_dir, volume, formats, args.save_probabilities)
+        for note in volume.warnings + plan_notes:
             reporter.event(event=protocol.NOTE, case=case.name, message=note)
-        planned = _planned_outputs(case_dir, volume, formats, args.save_probabilities)
         for path in planned.values():
             refuse_overwrite(path, args.overwrite)
         axis = 2 if volume.is_2d_image else predictor.inferer.slice_axis
         n = volume.array.shape[axis + 1]
         reporter.start_case(case, n)
         seg = predictor.segment(
-            volume.array, lambda done, total: reporter.progress(case, done, total), args.save_probabilities
+            volume.array,
+            lambda done, total: reporter.progress(case, done, total),
+            args.save_probabilities,
+            # frames without patient geometry (a cine loop) are separate pictures, each normalised alone
+            independent_slices=bool(volume.series is not None and volume.series.independent_frames),
         )
         for note in seg.notes + ([f"{seg.skipped} empty slice(s) labelled background"] if seg.skipped else []):
             reporter.event(event=protocol.NOTE, case=case.name, message=note)
-        write_outputs(case_dir, volume, seg, predictor.spec, planned, args.overwrite)
+        rule = label_rule(predictor.spec, getattr(predictor, "postprocessing", None))
+        write_outputs(case_dir, volume, seg, predictor.spec, planned, args.overwrite, rule)
         voxels = int((seg.labels > 0).sum())
         return CaseResult(case, True, time.monotonic() - start, n, voxels, {k: str(v) for k, v in planned.items()})
     except Exception as err:  # one bad case must not stop the batch
-        return CaseResult(case, False, time.monotonic() - start, message=f"{type(err).__name__}: {err}")
+        return CaseResult(case, False, time.monotonic() - start, message=_failure_message(err, case))
+
+
+def _failure_message(err: Exception, case: Case) -> str:
+    """``ExceptionType: message`` for the summary, naming the input and, for an existing output, ``--overwrite``.
+
+    The library's message says ``overwrite=True`` (right for a Python caller); the runner serves the command
+    line and the bundle's config, where the switch is spelled ``--overwrite``. A message that does not name
+    the input (e.g. a channel-count mismatch found by the model) gets it prefixed: the case's folder name
+    alone may not tell the user which of their files failed.
+    """
+    if isinstance(err, OutputExistsError):
+        return f"{type(err).__name__}: {err.path} already exists; kept (use --overwrite to replace it)"
+    text = str(err)
+    source = str(case.source)
+    if source and source not in text and Path(source).name not in text:
+        text = f"{source}: {text}"
+    return f"{type(err).__name__}: {text}"
 
 
 def summary_lines(results: list[CaseResult]) -> list[str]:
@@ -245,6 +346,24 @@ def log_summary(results: list[CaseResult]) -> None:
         logger.info("%s", line)
 
 
+def exit_if_failed(results: list[CaseResult]) -> list[CaseResult]:
+    """``results`` unchanged when every case succeeded; the bundle's inference config ends with this.
+
+    ``monai.bundle run inference`` then exits with status 1 when any case failed, as ``doubleunet-segment``
+    does, after every case ran and the summary was logged. SystemExit rather than an exception: a failed case
+    is an outcome to report (one line naming each failed case and its input), not a bug to trace back, and
+    MONAI's expression evaluator would wrap an exception in a page of traceback.
+
+    Raises:
+        SystemExit: status 1 with ``N of M case(s) failed: name (input): error; ...`` when any case failed.
+    """
+    failed = [r for r in results if not r.ok]
+    if failed:
+        names = "; ".join(f"{r.case.name} ({r.case.source}): {r.message}" for r in failed)
+        raise SystemExit(f"{len(failed)} of {len(results)} case(s) failed: {names}")
+    return results
+
+
 def segment_inputs(
     inputs: list[str],
     output: str | Path,
@@ -271,7 +390,7 @@ def segment_inputs(
     Raises:
         ValueError: ``output`` lies inside an input folder, an input file is neither a volume nor an
             image, or ``formats`` names an unknown format.
-        FileNotFoundError: an input does not exist, or a folder holds no DICOM image series.
+        FileNotFoundError: an input does not exist, or a folder holds no DICOM series, volume or 2D image.
     """
     check_output_location(Path(output), inputs)
     cases, notes = discover(inputs)

@@ -28,7 +28,8 @@ from typing import Any, TextIO
 import numpy as np
 
 from ..catalog import resolve_model
-from ..data.cases import Case, Volume, read_volume_file, safe_name
+from ..data.cases import Case, safe_name
+from ..data.image_io import Volume, read_volume_file
 from ..transforms import ProbabilitiesToLabels
 from . import protocol
 from .predictor import Predictor

@@ -147,7 +147,7 @@ def validation_figure(name: str, samples: Path, out_png: Path, count: int = 4) -
     import numpy as np
 
     from ..catalog import read_catalog
-    from ..data.cases import read_image_2d, read_volume_file
+    from ..data.image_io import read_image_2d, read_volume_file
     from ..data.overlay import blend, orthogonal_views, save_png
     from ..inference.predictor import Predictor
 
