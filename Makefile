@@ -24,8 +24,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_inference.py
 
-# TorchScript export of the shipped polyp model (models/model.ts, float16 weights like model.pt; load it with
-# torch.jit.load(path).float()). `python -m doubleunet_segment.release.ship` refreshes it when new weights ship.
+# Float32 TorchScript export of the shipped polyp model, monai_bundle/models/model.ts (built, not committed: git
+# ignores it; torch.jit.load(path) runs on float32 input). `python -m doubleunet_segment.release.ship` refreshes
+# it when new polyp weights ship.
 export: $(STAMP)
 	$(PY) -m doubleunet_segment.release.torchscript_export --model polyp
 

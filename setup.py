@@ -19,6 +19,7 @@ BUNDLE = Path(__file__).resolve().parent / "monai_bundle"
 # licences. The TorchScript export (model.ts) stays out: nothing in the package reads it.
 BUNDLE_FILES = (
     "LICENSE",
+    "large_files.yml",
     "configs/*.json",
     "configs/logging.conf",
     "docs/data_license.txt",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,10 +21,14 @@ import vtk
 from DoubleUNetSegmentLib.bundle import ModelSpec, choose_custom_model, find_bundle_root, read_catalog
 from DoubleUNetSegmentLib.commands import EngineOptions, cli_command, engine_environment, worker_command
 from DoubleUNetSegmentLib.events import RunState, failure_message
+from DoubleUNetSegmentLib.licence import confirm_licence
 from DoubleUNetSegmentLib.poller import EventPoller
 from DoubleUNetSegmentLib.requirements import (
+    constraints,
     install_failure_message,
     load_requirements,
+    load_slicer_releases,
+    slicer_too_old,
     split_torch,
     torch_version_requirement,
     unmet,
@@ -187,6 +192,9 @@ class DoubleUNetSegmentLogic(ScriptedLoadableModuleLogic):
     def requirementsPath(self) -> Path:
         return self.moduleDir / "Resources" / "requirements.txt"
 
+    def slicerReleasesPath(self) -> Path:
+        return self.moduleDir / "Resources" / "slicer_releases.json"
+
     def engineEnvironment(self) -> dict:
         return engine_environment(self.bundleRoot(), slicer.util.startupEnvironment())
 
@@ -194,28 +202,40 @@ class DoubleUNetSegmentLogic(ScriptedLoadableModuleLogic):
     def missingDependencies(self) -> list[str]:
         return [u.describe() for u in unmet(load_requirements(self.requirementsPath()))]
 
+    def checkSlicerVersion(self) -> None:
+        """Refuse a Slicer older than the minimum: its Python or its own packages cannot run the engine."""
+        running = f"{slicer.app.majorVersion}.{slicer.app.minorVersion}"
+        message = slicer_too_old(running, load_slicer_releases(self.slicerReleasesPath()).minimum)
+        if message:
+            raise RuntimeError(message)
+
+    def constraintsFile(self) -> Path:
+        """pip ``-c`` file: the packages Slicer ships stay at the versions installed now (pip never replaces them)."""
+        releases = load_slicer_releases(self.slicerReleasesPath())
+        path = Path(tempfile.gettempdir()) / "DoubleUNetSegment-constraints.txt"
+        path.write_text("\n".join(constraints(releases.release(releases.minimum), skip=["torch"])) + "\n")
+        return path
+
     def ensureDependencies(self, askConfirmation: bool = True) -> None:
-        """Install what the engine needs into Slicer's Python, asking first; raises with a helpful message."""
+        """Install what the engine needs into Slicer's Python, asking first; raises with a helpful message.
+
+        Requirements are lower bounds that Slicer's own packages satisfy, and pip runs with a constraints file
+        that holds those packages at their installed versions: nothing Slicer ships is upgraded or replaced.
+        """
+        self.checkSlicerVersion()
         torchRequirement, others = split_torch(load_requirements(self.requirementsPath()))
         if torchRequirement is not None and unmet([torchRequirement]):
-            self._installTorch(torchRequirement, askConfirmation)
+            self._installTorch(torchRequirement, askConfirmation, self.constraintsFile())
         if not unmet(others):
             return
         try:
-            if hasattr(slicer, "packaging"):
-                slicer.packaging.pip_ensure(
-                    slicer.packaging.load_requirements(str(self.requirementsPath())),
-                    skip_packages=["torch"],
-                    prompt_install=askConfirmation,
-                    requester="DoubleU-Net Segment",
-                )
-            else:
-                missing = "\n".join(u.describe() for u in unmet(others))
-                if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-                    f"DoubleU-Net Segment needs these Python packages in 3D Slicer:\n{missing}\n\nInstall them now?"
-                ):
-                    raise RuntimeError("The Python packages DoubleU-Net Segment needs were not installed.")
-                slicer.util.pip_install(" ".join(f'"{r}"' for r in others))
+            slicer.packaging.pip_ensure(
+                [str(r) for r in others],
+                constraints=str(self.constraintsFile()),
+                skip_packages=["torch"],
+                prompt_install=askConfirmation,
+                requester="DoubleU-Net Segment",
+            )
         except RuntimeError:
             raise
         except Exception as err:  # pip's errors come in many types; the user needs one clear message
@@ -229,7 +249,7 @@ class DoubleUNetSegmentLogic(ScriptedLoadableModuleLogic):
             )
 
     @staticmethod
-    def _installTorch(requirement, askConfirmation: bool) -> None:
+    def _installTorch(requirement, askConfirmation: bool, constraintsFile: Path) -> None:
         """torch through the PyTorch extension (right CUDA build for the driver), else plain pip (CPU build)."""
         try:
             import PyTorchUtils
@@ -251,11 +271,21 @@ class DoubleUNetSegmentLogic(ScriptedLoadableModuleLogic):
                 "For a GPU build, install the PyTorch extension from the Extensions Manager first."
             ):
                 raise RuntimeError("PyTorch is required; its installation was declined.")
-            slicer.util.pip_install(f'"{requirement}"')
+            slicer.packaging.pip_install([str(requirement)], constraints=str(constraintsFile))
         except RuntimeError:
             raise
         except Exception as err:
             raise RuntimeError(install_failure_message("PyTorch", err)) from err
+
+    # --- licences ------------------------------------------------------------------------------------------
+    def confirmModelLicence(self, model: str) -> bool:
+        """Show a research-only model's licence once (remembered in Slicer's settings); False: declined."""
+        return confirm_licence(
+            self.bundleRoot(),
+            model,
+            qt.QSettings(),
+            lambda text: slicer.util.confirmOkCancelDisplay(text, windowTitle="DoubleU-Net Segment: model licence"),
+        )
 
     # --- files ---------------------------------------------------------------------------------------------
     def newWorkspace(self) -> Path:
@@ -487,10 +517,14 @@ class DoubleUNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if inputVolume is None:
             return
         try:
+            options = self.options()
+            if not self.logic.confirmModelLicence(options.model):
+                self.ui.statusLabel.text = "Not started: the model's licence terms were not accepted."
+                return
             self.ui.statusLabel.text = "Checking Python packages..."
             slicer.app.processEvents()
             self.logic.ensureDependencies()
-            self.logic.startSegmentation(inputVolume, self.options(), self.onRunUpdate, self.onRunFinished)
+            self.logic.startSegmentation(inputVolume, options, self.onRunUpdate, self.onRunFinished)
         except Exception as err:
             self.ui.statusLabel.text = "Not started."
             slicer.util.errorDisplay(f"DoubleU-Net Segment could not start:\n{err}")

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import DATA, REPO, needs_data
+import yaml
+from helpers import DATA, REPO, SHARED, needs_data
 
 BUNDLE = REPO / "monai_bundle"
 CONFIGS = BUNDLE / "configs"
+SCHEMA_RELEASE = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1"
 TINY = ["--subset", "2", "--image_size", "[32,32]", "--batch_size", "2", "--num_workers", "0"]
 
 
@@ -49,15 +51,15 @@ def test_package_and_bundle_share_one_version():
     assert 'attr = "doubleunet_segment.__version__"' in (REPO / "pyproject.toml").read_text()
 
 
-def test_metadata_passes_monai_verify_metadata(tmp_path):
-    bundle(
-        "verify_metadata",
-        "--meta_file",
-        str(CONFIGS / "metadata.json"),
-        "--filepath",
-        str(REPO / "tests" / "data" / "meta_schema.json"),
-        cwd=tmp_path,
+def test_metadata_passes_monai_verify_metadata_against_the_official_schema_it_names(tmp_path):
+    # The official schema file, read offline from ../shared/monai-schema (a byte-identical copy of the release asset).
+    url = json.loads((CONFIGS / "metadata.json").read_text())["schema"]
+    assert url == f"{SCHEMA_RELEASE}/meta_schema_20240725.json"
+    schema = SHARED / "monai-schema" / url.rsplit("/", 1)[1]
+    proc = bundle(
+        "verify_metadata", "--meta_file", str(CONFIGS / "metadata.json"), "--filepath", str(schema), cwd=tmp_path
     )
+    assert "metadata is verified with no error" in proc.stdout + proc.stderr
 
 
 def test_verify_net_in_out(tmp_path):
@@ -100,22 +102,41 @@ def test_ckpt_export_torchscript_matches_eager(tmp_path, polyp_model):
         assert (scripted(x) - eager.eval()(x)).abs().max() <= 1e-5
 
 
-def test_shipped_torchscript_is_the_shipped_model():
-    # `ship` (or `make export`) refreshes it; a stale export disagrees with model.pt here.
+@pytest.fixture(scope="module")
+def polyp_export(tmp_path_factory) -> Path:
+    """``make export``'s TorchScript file of the shipped polyp model, built once for this module."""
+    from doubleunet_segment.release.torchscript_export import main
+
+    target = tmp_path_factory.mktemp("export") / "model.ts"
+    assert main(["--model", "polyp", "-o", str(target)]) == 0
+    return target
+
+
+def test_torchscript_export_is_float32_and_the_shipped_model(polyp_export):
     from doubleunet_segment.catalog import load_model, read_catalog
 
-    models = REPO / "monai_bundle" / "models"
     extra = {"metadata.json": "", "inference.json": ""}
-    scripted = torch.jit.load(str(models / "model.ts"), _extra_files=extra)
-    assert {p.dtype for p in scripted.parameters()} == {torch.float16}  # under GitHub's 100 MB file limit
+    scripted = torch.jit.load(str(polyp_export), _extra_files=extra)
+    assert {p.dtype for p in scripted.parameters()} == {torch.float32}  # as model-zoo TorchScript files are
     meta = json.loads(extra["metadata.json"])
     assert meta["version"] == json.loads((CONFIGS / "metadata.json").read_text())["version"]
+    assert json.loads(extra["inference.json"])["model"] == "polyp"
     polyp = read_catalog()["polyp"]
-    assert polyp.weights == models / "model.pt"
+    assert polyp.weights == BUNDLE / "models" / "model.pt"
     eager = load_model(polyp)
     x = torch.rand(1, 3, 64, 80)
     with torch.no_grad():
-        assert (scripted.float()(x) - eager(x)).abs().max() <= 1e-5
+        out = scripted(x)  # float32 input as it is: no .float() first
+        assert out.dtype == torch.float32
+        assert (out - eager(x)).abs().max() <= 1e-5
+
+
+def test_torchscript_exports_are_built_not_committed():
+    ignored = (REPO / ".gitignore").read_text().splitlines()
+    assert "monai_bundle/models/*.ts" in ignored
+    from doubleunet_segment.networks import weights
+
+    assert not hasattr(weights, "half_storage")  # nothing exports float16 any more
 
 
 def test_torchscript_export_of_another_shipped_model(tmp_path):
@@ -123,12 +144,81 @@ def test_torchscript_export_of_another_shipped_model(tmp_path):
     from doubleunet_segment.release.torchscript_export import main
 
     assert main(["--model", "hippocampus", "-o", str(tmp_path / "hippo.ts")]) == 0
-    scripted = torch.jit.load(str(tmp_path / "hippo.ts")).float()
+    scripted = torch.jit.load(str(tmp_path / "hippo.ts"))
+    assert {p.dtype for p in scripted.parameters()} == {torch.float32}
     eager = load_model(read_catalog()["hippocampus"])
     x = torch.rand(2, 1, 48, 48)
     with torch.no_grad():
         assert (scripted(x) - eager(x)).abs().max() <= 1e-5
     assert [p.name for p in tmp_path.iterdir()] == ["hippo.ts"]  # no temporary file left behind
+
+
+def test_every_shipped_weights_file_is_listed_in_large_files_with_its_sha256():
+    import hashlib
+
+    from doubleunet_segment import paths
+    from doubleunet_segment.catalog import read_catalog
+
+    listing = yaml.safe_load((BUNDLE / "large_files.yml").read_text())
+    entries = {e["path"]: e for e in listing["large_files"]}
+    assert paths.large_files_path() == BUNDLE / "large_files.yml"
+    shipped = {spec.weights.relative_to(BUNDLE).as_posix() for spec in read_catalog().values()}
+    assert shipped == set(entries) == {"models/model.pt", "models/hippocampus.pt"}
+    for path, entry in entries.items():
+        assert set(entry) == {"path", "url", "hash_val", "hash_type"} and entry["hash_type"] == "sha256"
+        assert entry["url"].startswith("https://github.com/doubleunet-segment/DoubleUNetSegment/releases/download/")
+        assert entry["url"].endswith("/" + path.rsplit("/", 1)[1])
+        assert hashlib.sha256((BUNDLE / path).read_bytes()).hexdigest() == entry["hash_val"]
+
+
+def _bundle_copy(folder: Path) -> Path:
+    """A bundle folder with the real catalog, large_files.yml and polyp weights."""
+    (folder / "models").mkdir(parents=True)
+    for name in ("large_files.yml", "models/catalog.json", "models/model.pt"):
+        shutil.copy2(BUNDLE / name, folder / name)
+    return folder
+
+
+def test_a_corrupted_shipped_weights_file_is_refused_with_the_way_to_restore_it(tmp_path, monkeypatch, polyp_model):
+    import hashlib
+
+    from doubleunet_segment import paths
+    from doubleunet_segment.catalog import load_model, resolve_model
+    from doubleunet_segment.networks import weights
+
+    root = _bundle_copy(tmp_path / "bundle")
+    monkeypatch.setenv(paths.BUNDLE_ENV, str(root))
+    hashed = []
+    monkeypatch.setattr(weights, "_DIGESTS", {})
+    real = weights._hash_file
+    monkeypatch.setattr(weights, "_hash_file", lambda *args: hashed.append(args) or real(*args))
+    spec = resolve_model("polyp")
+    assert spec.weights == root.resolve() / "models" / "model.pt"
+    load_model(spec)  # the intact copy loads
+    load_model(spec)
+    assert len(hashed) == 1  # hashed once per (path, size, mtime) in a process
+
+    data = bytearray(spec.weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte: torch.load alone might not notice
+    spec.weights.write_bytes(bytes(data))
+    expected = yaml.safe_load((root / "large_files.yml").read_text())["large_files"][0]
+    actual = hashlib.sha256(bytes(data)).hexdigest()
+    with pytest.raises(weights.WeightsHashError) as refused:
+        load_model(spec)
+    message = str(refused.value)
+    assert isinstance(refused.value, ValueError)  # the CLI and the Slicer worker report ValueErrors as they are
+    for needed in (str(spec.weights), expected["hash_val"], actual, "git checkout -- models/model.pt", expected["url"]):
+        assert needed in message, message
+    assert len(hashed) == 2  # a changed file (new mtime) is hashed again
+    with pytest.raises(weights.WeightsHashError):
+        load_model(spec)  # and stays refused from the cached digest
+    assert len(hashed) == 2
+
+    # The user's own weights are not listed, so not checked, even inside the bundle folder.
+    own = root / "models" / "my_polyp.pt"
+    shutil.copy2(polyp_model, own)
+    load_model(resolve_model(str(own)))
+    assert len(hashed) == 2
 
 
 @needs_data

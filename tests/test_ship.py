@@ -78,3 +78,46 @@ def test_ship_refuses_malformed_overrides_with_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--name", "polyp", str(tmp_path), "--", "--image_size"])
     assert exit_info.value.code == 2 and "--key value pairs" in capsys.readouterr().err
+
+
+def test_shipping_new_weights_records_their_sha256_so_the_loader_accepts_them(tmp_path, monkeypatch, polyp_model):
+    import hashlib
+    import json
+    import shutil
+
+    import yaml
+    from doubleunet_segment import paths
+    from doubleunet_segment.catalog import load_model, read_catalog
+    from doubleunet_segment.networks.weights import WeightsHashError
+    from doubleunet_segment.release.ship import RELEASES_URL, install_weights
+
+    source = paths.bundle_root()
+    root = tmp_path / "bundle"
+    (root / "models").mkdir(parents=True)
+    (root / "configs").mkdir()
+    for name in ("large_files.yml", "models/catalog.json", "models/model.pt", "configs/metadata.json"):
+        shutil.copy2(source / name, root / name)
+    before = yaml.safe_load((root / "large_files.yml").read_text())["large_files"]
+    monkeypatch.setenv(paths.BUNDLE_ENV, str(root))
+    spec = read_catalog()["polyp"]
+
+    candidate = half_precision(polyp_model, tmp_path / "half.pt")
+    shutil.copy2(candidate, spec.weights)  # new weights put in place by hand: the listed hash refuses them
+    with pytest.raises(WeightsHashError, match="model.pt"):
+        load_model(spec)
+
+    install_weights(candidate, spec.weights, paths.bundle_root())
+    text = (root / "large_files.yml").read_text()
+    assert text.startswith("# ")  # the explanatory header survives the rewrite
+    after = yaml.safe_load(text)["large_files"]
+    assert [e["path"] for e in after] == [e["path"] for e in before]  # entries keep their place
+    assert after[1] == before[1]  # the hippocampus entry is untouched
+    version = json.loads((root / "configs" / "metadata.json").read_text())["version"]
+    assert after[0] == {
+        "path": "models/model.pt",
+        "url": f"{RELEASES_URL}/v{version}/model.pt",
+        "hash_val": hashlib.sha256(candidate.read_bytes()).hexdigest(),
+        "hash_type": "sha256",
+    }
+    assert load_model(spec).training is False  # the shipped file now loads
+    assert not [p.name for p in (root / "models").iterdir() if p.name.endswith(".tmp")]

@@ -15,15 +15,17 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
-from helpers import REPO
+from helpers import REPO, SHARED
 from PIL import Image
 
 ROOT = REPO
 MODULE = ROOT / "DoubleUNetSegment"
 BUNDLE = ROOT / "monai_bundle"
-CHECKER = REPO.parent / "shared" / "slicer-api" / "check_slicer_api.py"  # the read-only folder beside the checkout
+CHECKER = SHARED / "slicer-api" / "check_slicer_api.py"  # the read-only folder beside the checkout
+INDEX_SCHEMA = SHARED / "slicer-index-schema" / "slicer-extension-catalog-entry-schema-v1.0.2.json"  # never copied
 
 
 def cmake_sets(text: str) -> dict[str, list[str]]:
@@ -44,7 +46,7 @@ def test_root_cmakelists_has_extension_metadata() -> None:
     assert sets["EXTENSION_CATEGORY"] == ["Segmentation"]
     assert sets["EXTENSION_DEPENDS"] == ["NA"]
     assert sets["EXTENSION_ICONURL"][0].endswith("/DoubleUNetSegment.png")
-    assert "find_package(Slicer REQUIRED)" in text
+    assert re.search(r"find_package\(Slicer (\$\{\w+\} )?REQUIRED\)", text)
     assert "add_subdirectory(DoubleUNetSegment)" in text
     assert "include(${Slicer_EXTENSION_CPACK})" in text
     with Image.open(ROOT / "DoubleUNetSegment.png") as icon:
@@ -163,17 +165,46 @@ def test_ui_has_every_widget_the_panel_uses() -> None:
     assert used and used <= names, used - names
 
 
-def test_extensions_index_entry_is_complete() -> None:
-    entry = json.loads((MODULE / "ExtensionsIndex/DoubleUNetSegment.json").read_text())
-    assert {"$schema", "category", "scm_url"} <= set(entry)
+def test_extensions_index_entry_is_json_valid_against_the_official_schema() -> None:
+    import jsonschema
+
+    folder = MODULE / "ExtensionsIndex"
+    assert sorted(p.name for p in folder.iterdir()) == ["DoubleUNetSegment.json"]  # no obsolete .s4ext beside it
+    raw = (folder / "DoubleUNetSegment.json").read_bytes()
+    assert b"\r" not in raw  # the index's own check: LF line endings only
+    entry = json.loads(raw)
+    schema = json.loads(INDEX_SCHEMA.read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    jsonschema.validate(entry, schema)
+    assert entry["$schema"].split("#")[0].endswith("/" + INDEX_SCHEMA.name)
     assert entry["category"] == "Segmentation"
-    s4ext = dict(
-        line.split(" ", 1)
-        for line in (MODULE / "ExtensionsIndex/DoubleUNetSegment.s4ext").read_text().splitlines()
-        if line and not line.startswith("#")
-    )
-    for key in ("scm", "scmurl", "depends", "category", "iconurl", "description", "homepage", "contributors"):
-        assert s4ext.get(key), key
-    sets = cmake_sets((ROOT / "CMakeLists.txt").read_text())
-    assert s4ext["iconurl"] == sets["EXTENSION_ICONURL"][0]
-    assert s4ext["description"] == sets["EXTENSION_DESCRIPTION"][0]
+    assert urlsplit(entry["scm_url"]).scheme == "https"
+    # the entry's name is the CMake project's name, and what it needs to build is what CMakeLists.txt depends on
+    assert re.search(r"^project\(DoubleUNetSegment\)", (ROOT / "CMakeLists.txt").read_text(), re.M)
+    depends = cmake_sets((ROOT / "CMakeLists.txt").read_text())["EXTENSION_DEPENDS"]
+    assert entry.get("build_dependencies", []) == [d for d in depends if d != "NA"]
+    bad = dict(entry, minimum_slicer="5.12")  # the schema admits no other keys: the version lives elsewhere
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+    mentions = [ROOT / "CMakeLists.txt", ROOT / "README.md", *MODULE.rglob("*.py"), *MODULE.rglob("*.txt")]
+    assert not [p for p in mentions if ".s4ext" in p.read_text()]
+
+
+def test_minimum_slicer_version_is_stated_everywhere_alike() -> None:
+    data = json.loads((MODULE / "Resources/slicer_releases.json").read_text())
+    minimum = data["minimum"]
+    major_minor = ".".join(minimum.split(".")[:2])
+    text = (ROOT / "CMakeLists.txt").read_text()
+    sets = cmake_sets(text)
+    assert sets["DoubleUNetSegment_MINIMUM_SLICER_VERSION"] == [minimum]
+    assert "find_package(Slicer ${DoubleUNetSegment_MINIMUM_SLICER_VERSION} REQUIRED)" in text
+    assert f"Requires 3D Slicer {major_minor} or later" in sets["EXTENSION_DESCRIPTION"][0]
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Use in 3D Slicer") :]
+    section = section[: section.index("\n## ", 3)]
+    assert f"3D Slicer {major_minor} or later" in section
+    assert not re.search(r"5\.(6|8|10) or later", section)
+    # the index entry carries no version (its schema has no such key): the branches it goes to state it
+    assert data["extensions_index_branches"] == [major_minor, "main"]
+    for branch in data["extensions_index_branches"]:
+        assert f"`{branch}`" in section

@@ -4,8 +4,16 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from doubleunet_segment.transforms import add_slice_context, keep_largest_components, normalize, probabilities_to_labels
+from doubleunet_segment.transforms import (
+    ProbabilitiesToLabels,
+    ProbabilitiesToLabelsd,
+    add_slice_context,
+    keep_largest_components,
+    normalize,
+    probabilities_to_labels,
+)
 from helpers import DATA, needs_data
+from monai.data import MetaTensor
 from monai.transforms import NormalizeIntensity
 
 
@@ -40,6 +48,23 @@ def test_probabilities_to_labels_threshold_and_argmax():
     assert probabilities_to_labels(binary, 0.5).tolist() == [[[0, 1, 1]]]
     multi = torch.tensor([[[0.7, 0.1]], [[0.2, 0.3]], [[0.1, 0.6]]])
     assert probabilities_to_labels(multi).tolist() == [[[0, 2]]]
+    assert probabilities_to_labels(multi, 0.9).tolist() == [[[0, 2]]]  # multi-class: plain argmax whatever the cut
+    for probs in (binary, multi):
+        labels = probabilities_to_labels(probs)
+        assert type(labels) is torch.Tensor and labels.dtype == torch.uint8  # a plain tensor stays plain
+
+
+def test_label_transforms_keep_metadata_and_give_one_hot():
+    affine = torch.diag(torch.tensor([2.0, 3.0, 4.0, 1.0]), 0).double()
+    multi = MetaTensor(torch.tensor([[[[0.7, 0.1]]], [[[0.2, 0.3]]], [[[0.1, 0.6]]]]), affine=affine)
+    labels = probabilities_to_labels(multi)
+    assert isinstance(labels, MetaTensor) and torch.equal(labels.affine, affine) and labels.dtype == torch.uint8
+    out = ProbabilitiesToLabelsd("pred", one_hot=True)({"pred": multi})["pred"]
+    assert isinstance(out, MetaTensor) and torch.equal(out.affine, affine) and out.dtype == torch.float32
+    assert out[:, 0, 0].tolist() == [[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]]
+    binary = ProbabilitiesToLabelsd("pred", threshold=0.25, one_hot=True)({"pred": multi[1:2]})["pred"]
+    assert binary.tolist() == [[[[0.0, 1.0]]]]  # one channel: thresholded, never one-hot
+    assert ProbabilitiesToLabels(0.25)(multi[1:2].numpy()).tolist() == [[[0, 1]]]
 
 
 def test_largest_component_per_class_drops_islands_only():

@@ -70,7 +70,8 @@ def installed(wheel: Path, tmp_path_factory) -> Path:
 
 def test_wheel_carries_the_bundle_data(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
-    for needed in ("models/catalog.json", "models/model.pt", "models/hippocampus.pt", "configs/inference.json"):
+    needed_files = ("models/catalog.json", "models/model.pt", "models/hippocampus.pt", "configs/inference.json")
+    for needed in (*needed_files, "large_files.yml"):  # the loader checks the weights against it
         assert f"doubleunet_segment/bundle/{needed}" in names
     assert not any(name.endswith(".ts") for name in names)  # the TorchScript export is not needed to run
     packages = {name.rsplit("/", 1)[0] for name in names if name.endswith("/__init__.py")}

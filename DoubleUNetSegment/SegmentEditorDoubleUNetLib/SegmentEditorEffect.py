@@ -306,9 +306,22 @@ Undo takes it back. The first use may offer to install PyTorch and MONAI into Sl
         finally:
             self.updateButtons()
 
+    def licenceAccepted(self) -> bool:
+        """The selected model's research-only licence, shown once before its first run; False: declined."""
+        try:
+            if self.logic.confirmModelLicence(self.options().model):
+                return True
+        except Exception as err:
+            self.session.fail(str(err))
+            return False
+        self.statusLabel.text = "Not started: the model's licence terms were not accepted."
+        return False
+
     # --- user actions --------------------------------------------------------------------------------------
     def onPreview(self) -> None:
         self.errorText = None
+        if not self.licenceAccepted():
+            return
         try:
             self.ensureWorker()
         except Exception as err:
@@ -321,6 +334,8 @@ Undo takes it back. The first use may offer to install PyTorch and MONAI into Sl
         scope = self.scriptedEffect.parameter("Scope")
         if scope == "slice" and self.previewProbabilities is not None and self.previewMatchesView():
             self.commit()  # keep what the user already sees
+            return
+        if not self.licenceAccepted():
             return
         try:
             self.ensureWorker()

@@ -172,8 +172,12 @@ def load_model(spec: ModelSpec, device: torch.device | str = "cpu") -> DoubleUNe
         spec: the model.
         device: where to put the network.
 
+    A shipped file (listed in its bundle's ``large_files.yml``) is checked against its listed sha256 first;
+    a weights file of the user's own is not listed and loads unchecked.
+
     Raises:
         FileNotFoundError: the weights file does not exist.
+        WeightsHashError: a shipped weights file is damaged (a ``ValueError``; the message says how to restore it).
         ValueError: the weights do not fit the spec's channels.
     """
     return load_weights(build_network(spec), spec.weights).to(device)

@@ -6,6 +6,8 @@
   extension.
 - The **sample data** (Kvasir-SEG, MSD hippocampus, ...) is never copied into the repository: it is read from
   ``$DOUBLEUNET_SAMPLES``, by default ``../shared/data`` beside the checkout.
+- The bundle's **large_files.yml** (MONAI model-zoo format) lists its weight files with their sha256 and
+  download location; loading a listed file checks its hash (:mod:`doubleunet_segment.networks.weights`).
 - The **cache** keeps per-weights decisions and exported ONNX models: ``$DOUBLEUNET_CACHE``, by default
   ``$XDG_CACHE_HOME/doubleunet-segment`` (``~/.cache/doubleunet-segment``).
 
@@ -21,12 +23,14 @@ __all__ = [
     "BUNDLE_ENV",
     "CACHE_ENV",
     "CATALOG_NAME",
+    "LARGE_FILES_NAME",
     "SAMPLES_ENV",
     "bundle_root",
     "cache_dir",
     "catalog_path",
     "configs_dir",
     "is_bundle_root",
+    "large_files_path",
     "models_dir",
     "sample_data",
 ]
@@ -35,6 +39,7 @@ BUNDLE_ENV = "DOUBLEUNET_BUNDLE"
 SAMPLES_ENV = "DOUBLEUNET_SAMPLES"
 CACHE_ENV = "DOUBLEUNET_CACHE"
 CATALOG_NAME = "catalog.json"
+LARGE_FILES_NAME = "large_files.yml"
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 SOURCE_BUNDLE = PACKAGE_DIR.parent  # monai_bundle/ of a source checkout (or site-packages/ once installed)
@@ -81,6 +86,11 @@ def configs_dir() -> Path:
 def catalog_path() -> Path:
     """``<bundle>/models/catalog.json``: the shipped models' specs (see :mod:`doubleunet_segment.catalog`)."""
     return models_dir() / CATALOG_NAME
+
+
+def large_files_path() -> Path:
+    """``<bundle>/large_files.yml``: the shipped weight files' paths, download URLs and sha256 hashes."""
+    return bundle_root() / LARGE_FILES_NAME
 
 
 def sample_data() -> Path:

@@ -9,7 +9,8 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
-from monai.transforms import KeepLargestConnectedComponent, MapTransform
+from monai.transforms import AsDiscrete, KeepLargestConnectedComponent, MapTransform
+from monai.utils import convert_to_dst_type
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -175,16 +176,23 @@ class Normalized(MapTransform):
 def probabilities_to_labels(probs: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     """(K, ...) probabilities -> (1, ...) labels: threshold if K = 1, else argmax (background = 0).
 
+    MONAI's :class:`~monai.transforms.AsDiscrete` does both. A multi-class model's labels are the plain argmax
+    whatever ``threshold``; the Slicer panel's re-threshold slider weights the background by t / (1 - t)
+    instead (``segment_import.labels_from_probabilities``, numpy only), which is this argmax at t = 0.5.
+
     Args:
-        probs: (K, H, W) or (K, X, Y, Z) probabilities.
+        probs: (K, H, W) or (K, X, Y, Z) probabilities (a MetaTensor keeps its metadata).
         threshold: foreground cut (``>=``) for K = 1.
 
     Returns:
-        uint8 labels (1, ...), values 0..max(K - 1, 1).
+        uint8 labels (1, ...), values 0..max(K - 1, 1), of ``probs``'s tensor type.
     """
     if probs.shape[0] == 1:
-        return (probs >= threshold).to(torch.uint8)
-    return probs.argmax(dim=0, keepdim=True).to(torch.uint8)
+        labels = AsDiscrete(threshold=threshold, dtype=torch.uint8)(probs)
+    else:
+        labels = AsDiscrete(argmax=True, dtype=torch.uint8)(probs)
+    # AsDiscrete makes a plain tensor a MetaTensor: give back the caller's kind
+    return convert_to_dst_type(labels, probs, dtype=torch.uint8)[0]
 
 
 class ProbabilitiesToLabels:
@@ -222,8 +230,7 @@ class ProbabilitiesToLabelsd(MapTransform):
             probs = d[key]
             labels = probabilities_to_labels(probs, self.threshold)
             if self.one_hot and probs.shape[0] > 1:
-                k = torch.arange(probs.shape[0], device=labels.device).view(-1, *([1] * (labels.ndim - 1)))
-                labels = (labels == k).to(torch.uint8)
+                labels = convert_to_dst_type(AsDiscrete(to_onehot=probs.shape[0])(labels), probs)[0]
             d[key] = labels.float()
         return d
 

@@ -8,11 +8,16 @@ batch and size; padding to a multiple of 16 stays in PyTorch, so any slice size 
 
 from __future__ import annotations
 
+import contextlib
+import random
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.networks.utils import convert_to_onnx
 from torch import nn
 
 from ..networks.doubleunet import SIZE_MULTIPLE, DoubleUNet
@@ -43,33 +48,64 @@ def onnxruntime_providers() -> list[str]:
 def export_onnx(net: DoubleUNet, path: str | Path, size: int = 64) -> Path:
     """Write ``net`` (eval mode, float32) as ONNX with dynamic batch, height and width; returns the path.
 
-    Uses the TorchScript-based exporter, which needs no onnxscript and takes a few seconds. The file is
-    written under a temporary name and renamed, so a cache never holds a half-written model.
+    MONAI's :func:`~monai.networks.utils.convert_to_onnx` exports it with the TorchScript-based exporter
+    (no onnxscript needed) and verifies the file: ONNX Runtime's output for a random example must match
+    PyTorch's (rtol = atol = 1e-4), else the export raises and nothing is written. The file is written
+    under a temporary name and renamed, so a cache never holds a half-written or unverified model.
+    The check costs about a second, once per weights file (the model is cached): 1 -> 3-channel DoubleU-Net,
+    5 interleaved runs on 2 shared CPU cores, median 2.4 s with the former hand ``torch.onnx.export``, 3.6 s
+    with MONAI's export and check; the ``.onnx`` file is byte for byte the same.
 
     Args:
         net: the network (not modified: it is exported through a stage-2 wrapper in eval mode).
         path: the ``.onnx`` file; its folder is created.
         size: the example input's height and width (any multiple of 16; the axes are dynamic).
+
+    Raises:
+        AssertionError: ONNX Runtime's output differs from PyTorch's (torch.testing.assert_close).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     module = _Stage2(net).eval().float().to("cpu", memory_format=torch.contiguous_format)
-    example = torch.zeros(1, net.in_channels, size, size)
+    example = torch.rand(1, net.in_channels, size, size, generator=torch.Generator().manual_seed(0))
     tmp = path.with_name(path.name + ".tmp")
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notices
-        torch.onnx.export(
-            module,
-            (example,),
-            str(tmp),
-            dynamo=False,
-            input_names=["image"],
-            output_names=["logits"],
-            dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}, "logits": {0: "n", 2: "h", 3: "w"}},
-            opset_version=17,
-        )
-    tmp.replace(path)  # a half-written model is never picked up from the cache
+    try:
+        with warnings.catch_warnings(), _global_random_state_kept():
+            warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notices
+            convert_to_onnx(
+                module,
+                (example,),
+                input_names=["image"],
+                output_names=["logits"],
+                opset_version=17,
+                dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}, "logits": {0: "n", 2: "h", 3: "w"}},
+                filename=str(tmp),
+                verify=True,
+                device=torch.device("cpu"),
+                use_ort=True,
+                rtol=1e-4,
+                atol=1e-4,  # logits near 0: MONAI's default atol of 0 would fail on float rounding alone
+                dynamo=False,  # the TorchScript-based exporter: no onnxscript, and MONAI then runs its own check
+            )
+        tmp.replace(path)  # a half-written or unverified model is never picked up from the cache
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+@contextlib.contextmanager
+def _global_random_state_kept() -> Iterator[None]:
+    """Undo what ``convert_to_onnx(verify=True)`` does to global state: its ``set_determinism`` calls reseed
+    torch, numpy and ``random`` and set cuDNN's flags back to their import-time values."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    cudnn = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
 
 
 class OnnxNetwork(nn.Module):

@@ -12,7 +12,6 @@ _PUBLIC = {
     "VGG19Encoder": "vgg19",
     "load_weights": "weights",
     "load_state": "weights",
-    "half_storage": "weights",
     "load_keras_weights": "keras_weights",
 }
 

@@ -5,8 +5,9 @@ the float32 model's to three decimals; it replaces ``models/<weights>`` only if 
 higher than the shipped model's. Each model is evaluated the way it runs: at its own slice axis and size (the
 shipped one from the catalog, the candidate from the configs and overrides), with the catalog's post-processing.
 Shipping writes the candidate's slice axis and size into the catalog and its figures (overall and per dataset
-folder) to ``models/<name>.metrics.json`` for the model card. Shipping the default model also refreshes its
-TorchScript export (``models/model.ts``).
+folder) to ``models/<name>.metrics.json`` for the model card, and the new file's sha256 into ``large_files.yml``
+(which the loader checks shipped files against). Shipping the default model also refreshes its float32 TorchScript
+export (``models/model.ts``, which git ignores: ``make export`` builds it), so a local export never lags the weights.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from monai.bundle import ConfigParser
 
-from .. import paths
+from .. import __version__, paths
 from ..catalog import ModelSpec, default_model_name, read_catalog
 from ..data.atomic import atomic_path, atomic_write_text
-from ..networks.weights import load_state, stored_in_float16
+from ..networks.weights import file_digest, load_state, stored_in_float16
 from .torchscript_export import export_torchscript
 
 __all__ = [
@@ -39,8 +41,11 @@ __all__ = [
     "evaluate",
     "evaluation_overrides",
     "half_precision",
+    "install_weights",
     "main",
     "parse_overrides",
+    "record_large_file",
+    "release_url",
     "shipped_geometry",
     "summarise",
     "update_catalog_geometry",
@@ -48,6 +53,14 @@ __all__ = [
 
 FIGURES = ("dice", "iou", "precision", "recall", "hd95", "volume_diff_ml")
 GEOMETRY = {"slice_axis": "slice_axis", "image_size": "roi_size"}  # config key -> catalog key
+RELEASES_URL = "https://github.com/doubleunet-segment/DoubleUNetSegment/releases/download"
+LARGE_FILES_HEADER = """\
+# The bundle's weight files in the MONAI model-zoo format: path (relative to the bundle), url, hash_val, hash_type.
+# Loading a listed file checks its hash (doubleunet_segment.networks.weights.verify_listed); shipping new weights
+# (python -m doubleunet_segment.release.ship) rewrites their entry, so edit this file only through it.
+# url is the planned hosting location: an asset of this project's GitHub release of the bundle version. Until
+# releases host them, the files are committed to git beside this list.
+"""
 
 
 def parse_overrides(overrides: list[str]) -> dict:
@@ -133,6 +146,64 @@ def half_precision(src: Path, dst: Path) -> Path:
     state = {k: v.half() if stored_in_float16(k, v) else v for k, v in load_state(src).items()}
     torch.save(state, dst)
     return dst
+
+
+def release_url(root: Path, weights: Path) -> str:
+    """Where ``weights`` will be downloadable: an asset of the GitHub release of the bundle's version.
+
+    The version is ``root/configs/metadata.json``'s (the package's when the bundle has none).
+    """
+    metadata = root / "configs" / "metadata.json"
+    version = json.loads(metadata.read_text())["version"] if metadata.is_file() else __version__
+    return f"{RELEASES_URL}/v{version}/{weights.name}"
+
+
+def record_large_file(root: Path, weights: Path) -> Path:
+    """Add or replace the entry of ``weights`` in ``root/large_files.yml`` with its sha256 and release URL.
+
+    Other entries keep their place and values; the file is written atomically.
+
+    Args:
+        root: the bundle folder.
+        weights: a file inside ``root``.
+
+    Returns:
+        The ``large_files.yml`` written.
+
+    Raises:
+        ValueError: ``weights`` is not inside ``root``.
+    """
+    listing = root / paths.LARGE_FILES_NAME
+    data = (yaml.safe_load(listing.read_text()) if listing.is_file() else None) or {}
+    relative = weights.resolve().relative_to(root.resolve()).as_posix()
+    entry = {
+        "path": relative,
+        "url": release_url(root, weights),
+        "hash_val": file_digest(weights, "sha256"),
+        "hash_type": "sha256",
+    }
+    entries = list(data.get("large_files") or [])
+    places = [i for i, e in enumerate(entries) if str(e.get("path", "")).removeprefix("./") == relative]
+    if places:
+        entries[places[0]] = entry
+    else:
+        entries.append(entry)
+    text = yaml.safe_dump({"large_files": entries}, sort_keys=False, default_flow_style=False, width=200)
+    atomic_write_text(listing, LARGE_FILES_HEADER + text, overwrite=True)
+    return listing
+
+
+def install_weights(candidate: Path, weights: Path, root: Path) -> None:
+    """Replace the shipped ``weights`` by ``candidate`` (atomically) and record its hash in ``large_files.yml``.
+
+    Args:
+        candidate: the new weights file.
+        weights: the shipped file it replaces (or creates), inside ``root``.
+        root: the bundle folder.
+    """
+    with atomic_path(weights, overwrite=True) as target:
+        target.write_bytes(candidate.read_bytes())
+    record_large_file(root, weights)
 
 
 def evaluate(configs: list[str], ckpt: Path, out: Path, overrides: list[str]) -> dict:
@@ -224,8 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             if shipped["mean_dice"] >= half_fig["mean_dice"]:
                 print("the shipped model is as good or better: kept")
                 return 1
-        with atomic_path(spec.weights, overwrite=True) as target:
-            target.write_bytes(half.read_bytes())
+        install_weights(half, spec.weights, paths.bundle_root())
     update_catalog_geometry(spec.weights.parent, args.name, geometry)
     record = {"source_run": str(args.run), "overrides": candidate, "fp32_mean_dice": full_fig["mean_dice"], **half_fig}
     metrics = spec.weights.with_name(f"{args.name}.metrics.json")

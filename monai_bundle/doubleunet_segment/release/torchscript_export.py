@@ -1,8 +1,9 @@
-"""The shipped TorchScript export of a model, made with MONAI's ``ckpt_export``.
+"""The TorchScript export of a shipped model, made with MONAI's ``ckpt_export`` (``make export``).
 
-It stores its tensors as ``model.pt`` does, weights in float16 (58 MB rather than 117 MB, under GitHub's
-100 MB file limit), so load it with ``torch.jit.load(path).float()``. ``ship`` refreshes it whenever new
-weights ship, so it never lags ``model.pt``.
+The export is float32, as model-zoo TorchScript files are: ``torch.jit.load(path)`` runs on float32 input as it
+is. (``model.pt`` stores weights in float16; they load into the float32 network.) It is built, not committed
+(117 MB; git ignores ``models/*.ts``); ``ship`` refreshes ``models/model.ts`` whenever new default-model weights
+ship, so a local export never lags ``model.pt``. ``metadata.json`` and ``inference.json`` travel inside it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from monai.bundle import ckpt_export
 from .. import paths
 from ..catalog import default_model_name, read_catalog
 from ..data.atomic import atomic_path
+from ..networks.weights import verify_listed
 
 __all__ = ["export_torchscript", "main"]
 
@@ -28,22 +30,23 @@ def export_torchscript(name: str, target: Path | None = None) -> Path:
         target: the ``.ts`` file; default the weights file with the suffix ``.ts``.
 
     Returns:
-        The file written (atomically).
+        The file written (atomically), float32.
 
     Raises:
         KeyError: ``name`` is not in the catalog.
+        WeightsHashError: the shipped weights file is damaged (its hash is not the one in ``large_files.yml``).
     """
     weights = read_catalog()[name].weights
+    verify_listed(weights)  # ckpt_export reads the file itself, past load_state's check
     target = target or weights.with_suffix(".ts")
     with atomic_path(target, overwrite=True) as tmp:
         ckpt_export(
-            net_id="network_fp16",
+            net_id="network_def",
             filepath=str(tmp),
             ckpt_file=str(weights),
             meta_file=str(paths.configs_dir() / "metadata.json"),
             config_file=str(paths.configs_dir() / "inference.json"),
             model=name,
-            network_fp16="$doubleunet_segment.networks.weights.half_storage(@network_def)",
         )
     return target
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from monai.data.utils import affine_to_spacing
 from monai.metrics import compute_hausdorff_distance
 
 from ..data.atomic import atomic_write_text
@@ -77,8 +78,8 @@ def _spacing(tensor: torch.Tensor) -> np.ndarray | None:
     if affine is None:
         return None
     a = np.asarray(affine, dtype=np.float64)
-    n = a.shape[0] - 1
-    return np.sqrt((a[:n, :n] ** 2).sum(axis=0))
+    # a zero column (singular affine) stays 0 mm, as before, instead of MONAI's default of 1
+    return affine_to_spacing(a, r=a.shape[0] - 1, dtype=np.float64, suppress_zeros=False)
 
 
 class CaseMetricsSaver:
