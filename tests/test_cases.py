@@ -275,3 +275,31 @@ def test_truncated_image_fails_even_where_pil_was_told_to_pad(tmp_path, monkeypa
     with pytest.raises(ValueError, match="cut.png: unreadable image file"):
         read_image_2d(tmp_path / "cut.png")
     assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the caller's setting is left as it was
+
+
+def test_symlinked_subfolder_is_followed_and_loops_end(tmp_path):
+    pngs = tmp_path / "elsewhere"
+    pngs.mkdir()
+    for name in ("1.png", "2.png"):
+        shutil.copy(CVC / name, pngs / name)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "patient1").symlink_to(pngs, target_is_directory=True)
+    (pngs / "loop").symlink_to(folder, target_is_directory=True)  # a link back up: must not recurse forever
+    cases, _ = discover([str(folder)])
+    assert sorted(c.name for c in cases) == ["1", "2"]
+
+
+def test_fifo_in_folder_is_skipped_promptly(tmp_path):
+    import os
+    import time
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(CVC / "1.png", folder / "1.png")
+    os.mkfifo(folder / "stray_pipe")
+    start = time.monotonic()
+    cases, notes = discover([str(folder)])
+    assert time.monotonic() - start < 10
+    assert [c.name for c in cases] == ["1"]
+    assert [n for n in notes if "stray_pipe" in n and "not a regular file" in n]

@@ -76,3 +76,61 @@ def test_existing_output_message_names_the_overwrite_flag(tmp_path, polyp_model,
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "--overwrite" in err and "overwrite=True" not in err and "pic" in err
+
+
+@pytest.mark.parametrize("where", ["file", "/dev/null/x"])
+def test_an_output_location_that_cannot_be_a_folder_is_refused_up_front(tmp_path, polyp_model, where, capsys):
+    output = tmp_path / "seg.nii.gz"
+    output.write_text("")
+    if where != "file":
+        output = Path(where)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(HIPPO), "-o", str(output), "--model", str(polyp_model), "--progress", "none"])
+    assert exit_info.value.code == 2
+    assert "-o" in capsys.readouterr().err
+    assert output.is_file() or not output.exists()
+
+
+@pytest.mark.parametrize(
+    "args, flag",
+    [
+        (["--threshold", "nan"], "--threshold"),
+        (["--threshold", "1.5"], "--threshold"),
+        (["--threshold", "-1"], "--threshold"),
+        (["--threshold", "0"], "--threshold"),
+        (["--threshold", "1"], "--threshold"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--batch-size", "-3"], "--batch-size"),
+    ],
+)
+def test_out_of_range_threshold_and_batch_size_exit_2_naming_the_flag(tmp_path, args, flag, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(HIPPO), "-o", str(tmp_path / "out"), *args])
+    assert exit_info.value.code == 2
+    assert flag in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_sigterm_stops_cleanly_keeping_finished_cases_and_no_temporary_files(tmp_path, hippo_model):
+    import signal
+
+    inputs = []
+    for i in range(4):
+        inputs.append(tmp_path / "in" / f"case{i}.nii.gz")
+        inputs[-1].parent.mkdir(exist_ok=True)
+        shutil.copy(HIPPO, inputs[-1])
+    out = tmp_path / "out"
+    exe = Path(sys.executable).with_name("doubleunet-segment")
+    cmd = [str(exe), *map(str, inputs), "-o", str(out), "--model", str(hippo_model), "--progress", "json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if json.loads(line)["event"] == "progress":
+                proc.send_signal(signal.SIGTERM)
+                break
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and "interrupted:" in err and "finished cases are kept" in err
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]

@@ -400,3 +400,29 @@ def test_series_split_by_orientation_loads_each_plane(tmp_path: Path, hippo: np.
         assert ref.part in series.name and any("several orientations" in w for w in series.warnings)
     with pytest.raises(DicomSeriesError, match="differing ImageOrientationPatient"):
         load_series([f for ref in refs for f in ref.files])
+
+
+@pytest.mark.skipif(not CT3.is_dir(), reason=f"sample series {CT3} not found")
+def test_cut_dicom_copy_is_a_note_not_a_crash(tmp_path, hippo_model, capsys):
+    """A copy of a slice cut mid-header (pydicom raises struct.error / BytesLengthException) is skipped with a
+    note naming it; the real CT series beside it is still segmented."""
+    from doubleunet_segment.cli import main
+    from doubleunet_segment.data.cases import discover
+
+    folder = shutil.copytree(CT3, tmp_path / "in")
+    first = sorted(CT3.iterdir())[0].read_bytes()
+    (folder / "cut152.dcm").write_bytes(first[:152])
+    (folder / "cut142.dcm").write_bytes(first[:142])
+    refs, notes = find_dicom_series(folder)
+    assert len(refs) == 1 and len(refs[0].files) == 3
+    for name in ("cut152.dcm", "cut142.dcm"):
+        assert any(name in note and "skipped" in note for note in notes), notes
+    out = tmp_path / "out"
+    code = main([str(folder), "-o", str(out), "--model", str(hippo_model), "--progress", "none"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "Traceback" not in err and "1 of 1 case(s) segmented, 0 failed" in err
+    (case,) = [p for p in out.iterdir() if p.is_dir()]
+    assert any(case.iterdir())
+    _, notes = discover([str(folder)])  # the CLI reports these notes
+    assert [n for n in notes if "cut152.dcm" in n] and [n for n in notes if "cut142.dcm" in n]

@@ -89,3 +89,35 @@ def test_empty_slice_default_follows_the_real_volume_finding(hippo_model):
     assert skipped.skipped == len(keep) - 2
     unchanged = np.array_equal(full.labels, skipped.labels)
     assert SKIP_EMPTY_DEFAULT is unchanged or not SKIP_EMPTY_DEFAULT
+
+
+def test_a_2d_image_is_sliced_in_its_own_plane_by_a_model_slicing_along_y(hippo_model, tmp_path):
+    """A (C, X, Y, 1) image given to a slice_axis 1 model: one forward pass over the image plane, not Y strips."""
+    import json
+    import shutil
+
+    from doubleunet_segment.catalog import load_model
+
+    model = tmp_path / "hippo_axis1.pt"
+    shutil.copy(hippo_model, model)
+    spec_file = json.loads(hippo_model.with_suffix(".json").read_text())
+    model.with_suffix(".json").write_text(json.dumps({**spec_file, "slice_axis": 1}))
+    spec = resolve_model(str(model))
+    assert spec.slice_axis == 1
+    network = load_model(spec)
+    forwards = []
+    network.register_forward_hook(lambda *_: forwards.append(1))
+    predictor = Predictor(spec, "cpu", network=network, precision="fp32", backend="torch", batch_size=4)
+    image = np.random.default_rng(0).random((1, 40, 30, 1), dtype=np.float32)
+    calls = []
+    forwards.clear()
+    seg = predictor.segment(image, progress=lambda done, total: calls.append((done, total)))
+    assert seg.labels.shape == (40, 30, 1) and seg.probabilities.shape == (3, 40, 30, 1)
+    assert len(forwards) == 1 and calls == [(1, 1)]
+    forwards.clear()
+    assert predictor.predict(image).shape == (3, 40, 30, 1) and len(forwards) == 1
+    assert predictor.inferer.slice_axis == 1  # real volumes still slice along the spec's axis
+    volume = np.random.default_rng(1).random((1, 12, 5, 3), dtype=np.float32)
+    calls.clear()
+    assert predictor.segment(volume, progress=lambda d, t: calls.append((d, t))).labels.shape == (12, 5, 3)
+    assert calls[-1] == (5, 5)

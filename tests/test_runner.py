@@ -150,9 +150,11 @@ def test_failed_rerun_with_overwrite_keeps_the_previous_results(tmp_path, polyp_
     assert {p.name: p.read_bytes() for p in case.iterdir()} == before
 
 
-def test_dicom_seg_failure_leaves_nothing_behind(tmp_path, polyp_model, monkeypatch):
-    """A SEG writer that raises (as for a series the standard cannot reference) takes the NIfTI with it."""
+def test_dicom_seg_writer_failure_is_a_note_and_other_failures_leave_nothing(tmp_path, polyp_model, monkeypatch):
+    """A SEG writer that raises (as for a series the standard cannot reference) drops only the SEG, with a
+    note; a failing NIfTI writer still takes the whole case with it."""
     from doubleunet_segment.data import dicom_seg
+    from doubleunet_segment.inference import runner
 
     def refuse(*args, **kwargs):
         raise AttributeError("'FileDataset' object has no attribute 'PatientBirthDate'")
@@ -160,6 +162,12 @@ def test_dicom_seg_failure_leaves_nothing_behind(tmp_path, polyp_model, monkeypa
     monkeypatch.setattr(dicom_seg, "write_dicom_seg", refuse)
     monkeypatch.setattr(dicom_seg, "seg_writable", lambda series: None, raising=False)
     out = tmp_path / "out"
+    assert main([str(CT), "-o", str(out), "--model", str(polyp_model), *FAST]) == 0
+    names = {p.name for p in out.rglob("*") if p.is_file()}
+    assert "segmentation.nii.gz" in names and "seg.dcm" not in names
+    assert not [n for n in names if ".tmp" in n]
+    monkeypatch.setattr(runner, "write_nifti", refuse)
+    out = tmp_path / "out2"
     assert main([str(CT), "-o", str(out), "--model", str(polyp_model), *FAST]) == 1
     assert [p for p in out.rglob("*") if p.is_file()] == []
 
@@ -210,3 +218,22 @@ def test_bundle_inference_exits_nonzero_when_a_case_fails(tmp_path, polyp_model)
     assert proc.returncode != 0, proc.stderr
     assert (out / "pic" / "segmentation.nii.gz").is_file() and (out / "pic" / "segments.json").is_file()
     assert "1 of 2 case(s) failed: broken" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_dicom_seg_the_source_cannot_carry_is_a_note_and_the_other_outputs_are_written(tmp_path, polyp_model, capsys):
+    import pydicom
+
+    series = tmp_path / "ct"
+    series.mkdir()
+    for f in sorted(CT.glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        del ds.Modality
+        ds.save_as(series / f.name)
+    out = tmp_path / "out"
+    assert main([str(series), "-o", str(out), "--model", str(polyp_model)]) == 0
+    [case] = [p for p in out.iterdir() if p.is_dir()]
+    assert (case / "segmentation.nii.gz").is_file() and (case / "segments.json").is_file()
+    assert not (case / "seg.dcm").exists()
+    assert not list(out.rglob("*.tmp*"))
+    assert "seg.dcm" not in json.loads((case / "segments.json").read_text())["files"].values()
+    assert "SEG not written" in capsys.readouterr().err

@@ -10,6 +10,8 @@ written atomically and never overwritten unless ``--overwrite``.
 from __future__ import annotations
 
 import argparse
+import math
+import signal
 import sys
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from .inference.progress import show_log_on_stderr
 from .inference.runner import FORMATS, check_output_location, parse_formats, segment_cases
 from .inference.sharding import local_device, shard_of
 
-__all__ = ["EPILOG", "build_parser", "main"]
+__all__ = ["EPILOG", "build_parser", "check_usage", "main"]
 
 EPILOG = """\
 examples:
@@ -32,7 +34,8 @@ examples:
 
 outputs per case (OUTDIR/<case>/): segmentation.nii.gz (labels on the input grid), segments.json,
 seg.dcm (DICOM input), mask.png + overlay.png (2D images), views.png (volumes), probabilities.nii.gz
-(--save-probabilities). Exit status: 0 when every case succeeded, 1 when any failed, 2 on bad usage.
+(--save-probabilities). Exit status: 0 when every case succeeded, 1 when any failed, 2 on bad usage,
+130 when interrupted (Ctrl-C), 143 when terminated (SIGTERM); finished cases are kept.
 """
 
 
@@ -92,19 +95,58 @@ def main(argv: list[str] | None = None) -> int:
         argv: the arguments, without the program name; default ``sys.argv[1:]``.
 
     Returns:
-        0 when every case succeeded, 1 when any failed.
+        0 when every case succeeded, 1 when any failed, 130 when interrupted (Ctrl-C, SIGINT) and 143 when
+        terminated (SIGTERM: a Slurm time limit, ``docker stop``); finished cases are kept, the case being
+        written leaves nothing.
 
     Raises:
         SystemExit: 2 on bad usage or input (missing files, unknown model, no CUDA), 0 for ``--help``.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    check_usage(parser, args)
+    signals: list[int] = []
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        signals.append(signum)
+        raise KeyboardInterrupt  # the same path as Ctrl-C: the atomic writers remove their temporary files
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread: leave SIGTERM as it is
+        previous = None
+    results: list = []
+    cases: list = []
+    try:
+        return _run(parser, args, results, cases)
+    except KeyboardInterrupt:
+        sys.stderr.write(
+            f"doubleunet-segment: interrupted: {len(results)} of {len(cases)} case(s) done; finished cases are kept\n"
+        )
+        return 128 + (signals[0] if signals else signal.SIGINT)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit 2 naming the flag for values no run could use (before anything is read or loaded)."""
+    if args.threshold is not None and not (0.0 < args.threshold < 1.0 and math.isfinite(args.threshold)):
+        parser.error(f"argument --threshold: must lie strictly between 0 and 1, got {args.threshold}")
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error(f"argument --batch-size: must be at least 1, got {args.batch_size}")
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, results: list, found: list) -> int:
+    """The run itself; ``results`` receives each finished case's result and ``found`` the cases to run."""
+    made = False
     try:
         parse_formats(args.format)
-        check_output_location(args.output, args.inputs)
+        made = check_output_location(args.output, args.inputs)
         cases, notes = discover(args.inputs)  # bad input fails before the model is loaded
         rank, world = shard_of(args.shard)
         cases = cases[rank::world]
+        found.extend(cases)
         spec = resolve_model(args.model)
         if args.threshold is not None:
             spec.threshold = args.threshold
@@ -121,9 +163,14 @@ def main(argv: list[str] | None = None) -> int:
             background=args.background,
         )
     except (ValueError, FileNotFoundError, RuntimeError) as err:
+        if made:
+            try:
+                args.output.rmdir()  # made by the check above; only while still empty
+            except OSError:
+                pass
         parser.exit(2, f"doubleunet-segment: error: {err}\n")
     show_log_on_stderr()
-    results = segment_cases(cases, notes, predictor, args)
+    segment_cases(cases, notes, predictor, args, results)
     return 0 if all(r.ok for r in results) else 1
 
 

@@ -121,18 +121,35 @@ def _dicom_case(ref: SeriesRef, folder: Path) -> _Named:
 def _scan_folder(folder: Path) -> tuple[list[Path], list[Path], list[str]]:
     """Walk ``folder`` (sorted, recursively): (image/volume files, possible DICOM files, notes).
 
-    Hidden files and folders (``.name``), macOS ``__MACOSX`` folders and plainly non-image files
-    (:data:`_QUIET_SUFFIXES`) are skipped quietly; Slicer ``.seg.nrrd`` files are segmentations, skipped
-    with a note. Anything else may be DICOM (which often has no suffix): the DICOM scan decides.
+    Symlinked subfolders are followed (each real folder once, so link loops end). Hidden files and folders
+    (``.name``), macOS ``__MACOSX`` folders and plainly non-image files (:data:`_QUIET_SUFFIXES`) are skipped
+    quietly; anything that is not a regular file (FIFO, socket, device, broken link) with a note; Slicer
+    ``.seg.nrrd`` files are segmentations, skipped with a note. Anything else may be DICOM (which often has
+    no suffix): the DICOM scan decides.
     """
     files: list[Path] = []
     maybe_dicom: list[Path] = []
     notes: list[str] = []
-    for root, dirs, names in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _QUIET_FOLDERS)
+    # Symlinked subfolders are followed (a study linked into a batch folder is meant to be segmented); each
+    # real folder is walked once, so a link back up the tree (a loop) or two links to one folder do no harm.
+    seen = {os.path.realpath(folder)}
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        kept = []
+        for d in sorted(dirs):
+            if d.startswith(".") or d in _QUIET_FOLDERS:
+                continue
+            real = os.path.realpath(os.path.join(root, d))
+            if real in seen:
+                continue
+            seen.add(real)
+            kept.append(d)
+        dirs[:] = kept
         for name in sorted(names):
             path = Path(root) / name
             if name.startswith(".") or _has_suffix(path, _QUIET_SUFFIXES):
+                continue
+            if not path.is_file():  # a FIFO, socket, device or broken link: opening it could hang or fail
+                notes.append(f"{path}: skipped, not a regular file")
                 continue
             if _has_suffix(path, (".seg.nrrd",)):
                 notes.append(f"{path}: skipped, a 3D Slicer segmentation, not an image")

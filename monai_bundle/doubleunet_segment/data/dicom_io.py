@@ -363,10 +363,28 @@ def _dcmread(path: Path, stop_before_pixels: bool = False) -> Dataset:
 
 
 def _iter_files(folder: Path) -> Iterable[Path]:
-    for root, dirs, names in os.walk(folder):
-        dirs.sort()
+    """Regular files under ``folder``, sorted; symlinked folders followed, each real folder once (no loops)."""
+    seen = {os.path.realpath(folder)}
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        kept = []
+        for d in sorted(dirs):
+            real = os.path.realpath(os.path.join(root, d))
+            if real not in seen:
+                seen.add(real)
+                kept.append(d)
+        dirs[:] = kept
         for name in sorted(names):
-            yield Path(root) / name
+            path = Path(root) / name
+            if path.is_file():  # not a FIFO (reading it would hang), socket, device or broken link
+                yield path
+
+
+def _reason(exc: BaseException) -> str:
+    """``ExceptionName: message`` on one line, shortened: why one file could not be read."""
+    text = " ".join(str(exc).split())
+    if len(text) > 160:
+        text = text[:157] + "..."
+    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
 
 
 def find_dicom_series(
@@ -395,8 +413,8 @@ def find_dicom_series(
             try:
                 ds = _dcmread(path, stop_before_pixels=True)
                 reason = _skip_reason(ds)
-            except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
-                skipped.append(f"{path}: skipped, not a readable DICOM file ({exc.__class__.__name__})")
+            except Exception as exc:  # noqa: BLE001 - one bad file (struct.error, unknown VR, ...) must not end the scan
+                skipped.append(f"{path}: skipped, not a readable DICOM file ({_reason(exc)})")
                 continue
             finally:
                 _collector.sink.clear()

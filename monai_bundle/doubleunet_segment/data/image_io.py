@@ -73,8 +73,10 @@ def read_image_2d(path: Path) -> Volume:
     """A PNG/JPEG/BMP/TIFF as (C, X, Y, 1) float32 with X along image columns, as MONAI's PIL reader lays it out.
 
     The image is turned upright by its EXIF/TIFF Orientation tag first (as viewers show it), so masks and
-    overlays line up with what a person sees. Grey images (modes L, I;16, I) keep one channel, everything
-    else becomes RGB (C = 3). The affine is the identity (pixels, no geometry).
+    overlays line up with what a person sees. Single-band grey images (modes L, I;16*, I, F) keep one
+    channel and their values, everything else becomes RGB (C = 3). Of a multi-page TIFF or an animated
+    PNG/GIF only the first frame is read, with a warning in :attr:`Volume.warnings`. The affine is the
+    identity (pixels, no geometry).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -84,6 +86,7 @@ def read_image_2d(path: Path) -> Volume:
     path = Path(path)
     try:
         with Image.open(path) as img:
+            frames = int(getattr(img, "n_frames", 1) or 1)
             _load_strictly(img)
             upright = ImageOps.exif_transpose(img)  # a copy, turned as the Orientation tag says
     except FileNotFoundError:
@@ -95,10 +98,14 @@ def read_image_2d(path: Path) -> Volume:
         # ValueError/IndexError/KeyError; all of them mean the same to a user.
         raise ValueError(f"{path}: unreadable image file, truncated or corrupt? ({_one_line(err)})") from err
     with upright:
-        keep = upright.mode in ("L", "I;16", "I")
+        # Single-band grey modes keep their values: convert("RGB") would clip 16-bit (any byte order), 32-bit
+        # and float pixels to 0/255 (an all-white or all-black image).
+        keep = upright.mode in ("L", "I", "F") or upright.mode.startswith("I;16")
         rgb = np.asarray(upright if keep else upright.convert("RGB"), dtype=np.float32)
     array = rgb[None] if rgb.ndim == 2 else np.moveaxis(rgb, -1, 0)
-    return Volume(np.ascontiguousarray(np.swapaxes(array, 1, 2)[..., None]), np.eye(4), is_2d_image=True)
+    warnings = [f"{path}: {frames} frames/pages: only the first is segmented"] if frames > 1 else []
+    volume = np.ascontiguousarray(np.swapaxes(array, 1, 2)[..., None])
+    return Volume(volume, np.eye(4), is_2d_image=True, warnings=warnings)
 
 
 # -------------------------------------------------------------------------------------------------- volumes

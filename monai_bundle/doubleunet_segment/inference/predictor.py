@@ -248,9 +248,16 @@ class Predictor:
         """True for normalisations known to return a new tensor: no defensive copy of a 600-slice volume."""
         return isinstance(self.preprocessing, Normalize) and self.preprocessing.method in NEW_TENSOR_NORMALIZATIONS
 
-    def _batch(self, x: torch.Tensor, index: np.ndarray) -> torch.Tensor:
-        """Slices ``index`` along the slice axis as a (1, C, X, Y, Z) network input, context added."""
-        dim = self.inferer.slice_axis + 1
+    def _slice_axis(self, volume: np.ndarray) -> int:
+        """The axis to slice ``volume`` along: 2 (the image plane) for a single-slice input such as a
+        2D image, else the inferer's own slice axis (slicing a (C, X, Y, 1) image along X or Y would
+        make X or Y strips of one pixel's width)."""
+        return 2 if volume.shape[-1] == 1 else self.inferer.slice_axis
+
+    def _batch(self, x: torch.Tensor, index: np.ndarray, axis: int | None = None) -> torch.Tensor:
+        """Slices ``index`` along ``axis`` (default: the slice axis) as a (1, C, X, Y, Z) network input,
+        context added."""
+        dim = (self.inferer.slice_axis if axis is None else axis) + 1
         n = x.shape[dim]
         idx = torch.as_tensor(index)
         if self.spec.context:
@@ -276,7 +283,9 @@ class Predictor:
         ``independent_slices``: the slices along Z are separate pictures, each normalised on its own.
         """
         checked = self._check_channels(volume)
-        axis = self.inferer.slice_axis
+        axis = self._slice_axis(volume)
+        # a single-slice input is given to the inferer as (N, C, X, Y) images: its 2D rule slices along Z
+        as_image = axis != self.inferer.slice_axis
         n = checked.shape[axis + 1]
         empty = empty_slices(checked, axis, self.background) if self.skip_empty else np.zeros(n, bool)
         if empty.any():
@@ -297,7 +306,12 @@ class Predictor:
 
         def step(a: int, b: int) -> None:
             index = todo[a:b]
-            emit(index, self.inferer(self._batch(x, index), self.network)[0].cpu())
+            inputs = self._batch(x, index, axis)
+            if as_image:
+                probabilities = self.inferer(inputs[..., 0], self.network)[..., None]
+            else:
+                probabilities = self.inferer(inputs, self.network)
+            emit(index, probabilities[0].cpu())
             if progress:
                 progress(done + b, n)
 
@@ -360,7 +374,7 @@ class Predictor:
         saved = self.inferer.sw_batch_size
         if chunk:
             self.inferer.sw_batch_size = chunk
-        axis = self.inferer.slice_axis
+        axis = self._slice_axis(volume)
         out = np.zeros((self.spec.out_channels, *volume.shape[1:]), dtype=np.float32)
         try:
             self._stream(volume, lambda index, p: self._put(out, axis, index, p.numpy()), progress, independent_slices)
@@ -393,7 +407,7 @@ class Predictor:
         Raises:
             ValueError: ``volume`` is not 4D, or its channels do not fit the model.
         """
-        axis = self.inferer.slice_axis
+        axis = self._slice_axis(volume)
         shape = volume.shape[1:]
         labels = np.zeros(shape, dtype=np.uint8)
         probs = np.zeros((self.spec.out_channels, *shape), dtype=np.float32) if keep_probabilities else None

@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,9 +164,10 @@ def _write_files(
     targets: dict[str, Path],
     names: dict[str, str],
     rule: dict[str, object],
+    prebuilt: dict[str, Path],
 ) -> None:
     """Write each output to ``targets`` (fresh temporary paths); ``names`` are the final file names for
-    ``segments.json``'s ``files``."""
+    ``segments.json``'s ``files``; ``prebuilt`` holds outputs already written elsewhere (the DICOM SEG)."""
     segments = spec.segment_infos()
     if "nifti" in targets:
         write_nifti(seg.labels, volume.affine, targets["nifti"])
@@ -175,9 +178,7 @@ def _write_files(
 
         write_seg_nrrd(seg.labels, volume.affine, segments, targets["seg-nrrd"])
     if "dicom-seg" in targets:
-        from ..data.dicom_seg import write_dicom_seg
-
-        write_dicom_seg(volume.series, seg.labels, segments, targets["dicom-seg"], algorithm_version=__version__)
+        os.replace(prebuilt["dicom-seg"], targets["dicom-seg"])  # built (and checked) before the set began
     if "mask" in targets:
         save_png(mask_png(seg.labels[:, :, 0]), targets["mask"])
         save_png(blend(volume.array[:, :, :, 0], seg.labels[:, :, 0], segments), targets["overlay"])
@@ -206,8 +207,12 @@ def write_outputs(
     planned: dict[str, Path],
     overwrite: bool,
     rule: dict[str, object] | None = None,
-) -> None:
+) -> list[str]:
     """Every planned file, all or nothing: the files appear together, or none written by this call remains.
+
+    The DICOM SEG is built first, into a hidden temporary file: if building it raises (a source the SEG
+    cannot carry: no Modality, an old-style StudyTime, ...), it is dropped from ``planned`` (which is
+    changed in place) with a note, and the other outputs are still written.
 
     Every file is first written beside its target under a temporary name; only when all are complete are
     they moved into place in ``planned``'s order (``segments.json`` last, so its presence means done). If a
@@ -224,34 +229,70 @@ def write_outputs(
         overwrite: replace existing files.
         rule: the labelling rule ``segments.json`` records (default: :func:`label_rule` of ``spec``).
 
+    Returns:
+        Notes for the user (``DICOM SEG not written: <reason>``).
+
     Raises:
         FileExistsError: a file exists and ``overwrite`` is False.
         ValueError, OSError, ...: whatever a writer raises (a DICOM SEG the series cannot carry, a full
             disk), after the cleanup.
     """
     made = not case_dir.exists()
-    names = {k: p.name for k, p in planned.items()}
+    notes: list[str] = []
+    prebuilt: dict[str, Path] = {}
     try:
+        for path in planned.values():
+            refuse_overwrite(path, overwrite)
+        if "dicom-seg" in planned:
+            from ..data.dicom_seg import write_dicom_seg
+
+            target = planned["dicom-seg"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            prebuilt["dicom-seg"] = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp.dcm"
+            try:
+                write_dicom_seg(
+                    volume.series,
+                    seg.labels,
+                    spec.segment_infos(),
+                    prebuilt["dicom-seg"],
+                    algorithm_version=__version__,
+                    overwrite=True,
+                )
+            except Exception as err:  # a SEG the source cannot carry is a note, not a failed case
+                prebuilt.pop("dicom-seg").unlink(missing_ok=True)
+                del planned["dicom-seg"]
+                notes.append(f"DICOM SEG not written: {type(err).__name__}: {err}")
+        names = {k: p.name for k, p in planned.items()}
         with atomic_files(planned, overwrite=overwrite) as staged:
-            _write_files(volume, seg, spec, staged, names, rule or label_rule(spec))
+            _write_files(volume, seg, spec, staged, names, rule or label_rule(spec), prebuilt)
     except BaseException:
+        for path in prebuilt.values():
+            path.unlink(missing_ok=True)
         if made:
             try:
                 case_dir.rmdir()  # only when empty: never a file someone else put there meanwhile
             except OSError:
                 pass
         raise
+    finally:
+        for path in prebuilt.values():
+            path.unlink(missing_ok=True)
+    return notes
 
 
-def check_output_location(output: Path, inputs: list[str]) -> None:
-    """Refuse an output folder inside (or equal to) an input folder: inputs are never written to.
+def check_output_location(output: Path, inputs: list[str]) -> bool:
+    """Refuse an output folder inside (or equal to) an input folder (inputs are never written to), or one
+    that is a file or cannot be created; make it when missing, so this shows before any case runs.
 
     Args:
         output: the output folder (need not exist).
         inputs: the input paths; only folders among them count.
 
+    Returns:
+        True when this call made the folder (the caller may remove it again on a later usage error).
+
     Raises:
-        ValueError: ``output`` lies inside an input folder.
+        ValueError: ``output`` lies inside an input folder, is an existing file, or cannot be created.
     """
     out = output.expanduser().resolve()
     for item in inputs:
@@ -259,6 +300,19 @@ def check_output_location(output: Path, inputs: list[str]) -> None:
         folder = src if src.is_dir() else src.parent
         if src.is_dir() and (out == folder or folder in out.parents):
             raise ValueError(f"output folder {out} lies inside input folder {folder}; choose another -o")
+    if out.is_dir():
+        return False
+    if out.exists():
+        raise ValueError(f"-o {output} is an existing file, not a folder; choose another -o")
+    try:
+        out.mkdir(parents=True)
+    except FileExistsError:
+        if out.is_dir():  # made meanwhile by someone else
+            return False
+        raise ValueError(f"-o {output} is an existing file, not a folder; choose another -o") from None
+    except OSError as err:
+        raise ValueError(f"-o {output}: the output folder cannot be created ({err.strerror or err})") from None
+    return True
 
 
 def run_case(
@@ -282,7 +336,7 @@ def run_case(
             reporter.event(event=protocol.NOTE, case=case.name, message=note)
         for path in planned.values():
             refuse_overwrite(path, args.overwrite)
-        axis = 2 if volume.is_2d_image else predictor.inferer.slice_axis
+        axis = 2 if volume.is_2d_image or volume.array.shape[-1] == 1 else predictor.inferer.slice_axis
         n = volume.array.shape[axis + 1]
         reporter.start_case(case, n)
         seg = predictor.segment(
@@ -295,7 +349,8 @@ def run_case(
         for note in seg.notes + ([f"{seg.skipped} empty slice(s) labelled background"] if seg.skipped else []):
             reporter.event(event=protocol.NOTE, case=case.name, message=note)
         rule = label_rule(predictor.spec, getattr(predictor, "postprocessing", None))
-        write_outputs(case_dir, volume, seg, predictor.spec, planned, args.overwrite, rule)
+        for note in write_outputs(case_dir, volume, seg, predictor.spec, planned, args.overwrite, rule):
+            reporter.event(event=protocol.NOTE, case=case.name, message=note)
         voxels = int((seg.labels > 0).sum())
         return CaseResult(case, True, time.monotonic() - start, n, voxels, {k: str(v) for k, v in planned.items()})
     except Exception as err:  # one bad case must not stop the batch
@@ -405,7 +460,11 @@ def segment_inputs(
 
 
 def segment_cases(
-    cases: list[Case], notes: list[str], predictor: Predictor, options: argparse.Namespace
+    cases: list[Case],
+    notes: list[str],
+    predictor: Predictor,
+    options: argparse.Namespace,
+    results: list[CaseResult] | None = None,
 ) -> list[CaseResult]:
     """Segment ``cases``; ``options`` carries the command line's output, format, overwrite,
     save_probabilities and progress.
@@ -418,6 +477,8 @@ def segment_cases(
         notes: discovery's notes, reported first.
         predictor: the loaded model.
         options: ``output``, ``format``, ``overwrite``, ``save_probabilities``, ``progress``.
+        results: a list to append each finished case's result to (so a caller interrupted part-way
+            knows how many finished); default a new one.
 
     Returns:
         One result per case.
@@ -432,7 +493,7 @@ def segment_cases(
     reporter.event(event=protocol.NOTE, message=f"fast path: {predictor.path_reason}")
     for note in notes:
         reporter.event(event=protocol.NOTE, message=note)
-    results = []
+    results = [] if results is None else results
     for case in prefetch(cases):  # the next case is read while this one is segmented
         result = run_case(case, predictor, options, chosen, reporter)
         reporter.end_case(result)

@@ -11,6 +11,8 @@ Files that no ``large_files.yml`` lists (a user's own ``.pt``, a training run's 
 from __future__ import annotations
 
 import hashlib
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -120,6 +122,8 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
     Raises:
         FileNotFoundError: ``path`` does not exist.
         WeightsHashError: ``path`` is listed in a ``large_files.yml`` with another hash (:func:`verify_listed`).
+        ValueError: ``path`` is not a PyTorch weights file, holds objects other than tensors (a checkpoint
+            with pickled training arguments), or is not a name -> tensor mapping; the message names the file.
     """
     if not path.is_file():
         raise FileNotFoundError(
@@ -127,11 +131,35 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
             "--config_file monai_bundle/configs/train.json` or pass --model PATH."
         )
     verify_listed(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if found:  # a pickled object (argparse.Namespace, an optimizer, ...) the safe loader refuses
+            raise ValueError(
+                f"{path}: holds objects other than tensors ({found.group(1)}); save a plain state_dict "
+                "(torch.save(model.state_dict(), PATH))"
+            ) from err
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(err))
+        reason = detail.group(1).strip() if detail else _one_line(err)
+        raise ValueError(f"{path}: not a PyTorch weights file ({reason})") from err
+    except (OSError, RuntimeError, EOFError, KeyError, ValueError, AttributeError, TypeError, IndexError) as err:
+        # a text file named .pt (KeyError), a truncated zip (RuntimeError), an empty file (EOFError), ...
+        raise ValueError(f"{path}: not a PyTorch weights file ({_one_line(err)})") from err
     for key in ("network", "model", "state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise ValueError(f"{path}: not a state dict (name -> tensor); save a plain state_dict")
     return {k.removeprefix("module."): v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def _one_line(err: BaseException) -> str:
+    """``ExceptionName: first line of the message``, at most 160 characters."""
+    lines = str(err).strip().splitlines()
+    text = lines[0] if lines else ""
+    text = text[:157] + "..." if len(text) > 160 else text
+    return f"{err.__class__.__name__}: {text}" if text else err.__class__.__name__
 
 
 def load_weights(net: DoubleUNet, path: str | Path) -> DoubleUNet:
