@@ -63,6 +63,20 @@ def test_help_explains_outputs(capsys):
     assert "segments.json" in text and "--overwrite" in text and "Exit status" in text
 
 
+def test_notes_reach_the_user_without_progress_bars(tmp_path, polyp_model, capsys):
+    """``--progress none`` drops the bars, not the notes: a skipped file is still named on stderr."""
+    from PIL import Image
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.new("RGB", (40, 30), (120, 60, 30)).save(folder / "pic.png")
+    (folder / "scan.dcm").write_bytes(b"DICM" * 10)  # not DICOM, whatever its name says
+    args = [str(folder), "-o", str(tmp_path / "out"), "--model", str(polyp_model), "--progress", "none"]
+    assert main([*args, "--precision", "fp32", "--backend", "torch"]) == 0
+    err = capsys.readouterr().err
+    assert "scan.dcm" in err and "1 of 1 case(s) segmented" in err
+
+
 def test_existing_output_message_names_the_overwrite_flag(tmp_path, polyp_model, capsys):
     """The library says ``overwrite=True``; at the command line the message names ``--overwrite``."""
     picture = tmp_path / "pic.png"

@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--progress",
         default="bar",
         choices=["bar", "json", "none"],
-        help="progress bars, JSON lines (for Slicer), none",
+        help="bar: progress bars and notes; json: protocol events on stdout (for Slicer); "
+        "none: notes and the summary as plain lines",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import protocol
 
+logger = logging.getLogger(__name__)
+
 __all__ = ["Reporter", "show_log_on_stderr"]
 
 if TYPE_CHECKING:
@@ -39,11 +41,16 @@ class Reporter:
             ValueError: an event or field :data:`.protocol.EVENTS` does not define.
         """
         line = protocol.encode(data)  # checked in every mode, so a bar run catches a bad event too
+        kind = data[protocol.EVENT_KEY]
         if self.mode == "json":
             print(line, flush=True)
-        elif self.mode == "bar" and data[protocol.EVENT_KEY] in (protocol.NOTE, protocol.DEVICE, protocol.ERROR):
+        elif kind in (protocol.NOTE, protocol.DEVICE, protocol.ERROR):
             text = data.get("message") or data.get("reason")
-            self._tqdm.write(f"{data.get('case', '')}: {text}" if data.get("case") else str(text), file=sys.stderr)
+            text = f"{data.get('case', '')}: {text}" if data.get("case") else str(text)
+            if self.mode == "bar":
+                self._tqdm.write(text, file=sys.stderr)
+            elif kind != protocol.ERROR:  # no bars: notes still reach the user (errors are in the summary)
+                logger.info(text)
 
     def start_case(self, case: Case, total: int) -> None:
         self.event(event=protocol.START, case=case.name, total=total)
