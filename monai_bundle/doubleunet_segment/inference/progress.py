@@ -43,7 +43,10 @@ class Reporter:
         line = protocol.encode(data)  # checked in every mode, so a bar run catches a bad event too
         kind = data[protocol.EVENT_KEY]
         if self.mode == "json":
-            print(line, flush=True)
+            # One write per event: ranks of a sharded run share stdout, and print() in an unbuffered process
+            # writes the text and its newline separately, so two ranks' events could land on one line.
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
         elif kind in (protocol.NOTE, protocol.DEVICE, protocol.ERROR):
             text = data.get("message") or data.get("reason")
             text = f"{data.get('case', '')}: {text}" if data.get("case") else str(text)
