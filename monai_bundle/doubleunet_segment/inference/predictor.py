@@ -248,10 +248,10 @@ class Predictor:
         """True for normalisations known to return a new tensor: no defensive copy of a 600-slice volume."""
         return isinstance(self.preprocessing, Normalize) and self.preprocessing.method in NEW_TENSOR_NORMALIZATIONS
 
-    def _slice_axis(self, volume: np.ndarray) -> int:
-        """The axis to slice ``volume`` along: 2 (the image plane) for a single-slice input such as a
-        2D image, else the inferer's own slice axis (slicing a (C, X, Y, 1) image along X or Y would
-        make X or Y strips of one pixel's width)."""
+    def slice_axis_for(self, volume: np.ndarray) -> int:
+        """The axis (0-2 of X, Y, Z) to slice a (C, X, Y, Z) ``volume`` along: 2 (the image plane) for a
+        single-slice input such as a 2D image, else the inferer's own slice axis (slicing a (C, X, Y, 1) image
+        along X or Y would make X or Y strips of one pixel's width). The runner counts progress with it too."""
         return 2 if volume.shape[-1] == 1 else self.inferer.slice_axis
 
     def _batch(self, x: torch.Tensor, index: np.ndarray, axis: int | None = None) -> torch.Tensor:
@@ -283,7 +283,7 @@ class Predictor:
         ``independent_slices``: the slices along Z are separate pictures, each normalised on its own.
         """
         checked = self._check_channels(volume)
-        axis = self._slice_axis(volume)
+        axis = self.slice_axis_for(volume)
         # a single-slice input is given to the inferer as (N, C, X, Y) images: its 2D rule slices along Z
         as_image = axis != self.inferer.slice_axis
         n = checked.shape[axis + 1]
@@ -374,7 +374,7 @@ class Predictor:
         saved = self.inferer.sw_batch_size
         if chunk:
             self.inferer.sw_batch_size = chunk
-        axis = self._slice_axis(volume)
+        axis = self.slice_axis_for(volume)
         out = np.zeros((self.spec.out_channels, *volume.shape[1:]), dtype=np.float32)
         try:
             self._stream(volume, lambda index, p: self._put(out, axis, index, p.numpy()), progress, independent_slices)
@@ -407,7 +407,7 @@ class Predictor:
         Raises:
             ValueError: ``volume`` is not 4D, or its channels do not fit the model.
         """
-        axis = self._slice_axis(volume)
+        axis = self.slice_axis_for(volume)
         shape = volume.shape[1:]
         labels = np.zeros(shape, dtype=np.uint8)
         probs = np.zeros((self.spec.out_channels, *shape), dtype=np.float32) if keep_probabilities else None

@@ -336,7 +336,7 @@ def run_case(
             reporter.event(event=protocol.NOTE, case=case.name, message=note)
         for path in planned.values():
             refuse_overwrite(path, args.overwrite)
-        axis = 2 if volume.is_2d_image or volume.array.shape[-1] == 1 else predictor.inferer.slice_axis
+        axis = predictor.slice_axis_for(volume.array)
         n = volume.array.shape[axis + 1]
         reporter.start_case(case, n)
         seg = predictor.segment(
