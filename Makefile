@@ -24,11 +24,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_inference.py
 
-# Float32 TorchScript export of the shipped polyp model, monai_bundle/models/model.ts (built, not committed: git
-# ignores it; torch.jit.load(path) runs on float32 input). `python -m doubleunet_segment.release.ship` refreshes
-# it when new polyp weights ship.
+# Float32 TorchScript exports of the shipped models, monai_bundle/<model>/models/model.ts (built, not committed:
+# git ignores them; torch.jit.load(path) runs on float32 input). `python -m doubleunet_segment.release.ship`
+# refreshes a bundle's export when its new weights ship.
 export: $(STAMP)
 	$(PY) -m doubleunet_segment.release.torchscript_export --model polyp
+	$(PY) -m doubleunet_segment.release.torchscript_export --model hippocampus
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check monai_bundle tests DoubleUNetSegment benchmarks

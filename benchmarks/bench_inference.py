@@ -33,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("DOUBLEUNET_SAMPLES", REPO.parent / "shared" / "data"))
 VOLUME_SOURCE = DATA / "pyradiomics-3d" / "nifti" / "brain1_image.nii.gz"
-SHIPPED = REPO / "monai_bundle" / "models" / "model.pt"
+SHIPPED = REPO / "monai_bundle" / "polyp" / "models" / "model.pt"
 PEAK_SHAPE = (8, 512, 32, 32)  # batch, channels, H, W of the reference convolution
 
 

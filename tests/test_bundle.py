@@ -1,4 +1,4 @@
-"""The MONAI bundle through MONAI's own entry points, on a tiny subset of the real polyp data."""
+"""Each model's MONAI bundle through MONAI's own entry points, on a tiny subset of the real data."""
 
 from __future__ import annotations
 
@@ -10,15 +10,31 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 import yaml
 from helpers import DATA, REPO, SHARED, needs_data
 
-BUNDLE = REPO / "monai_bundle"
-CONFIGS = BUNDLE / "configs"
+BUNDLES = REPO / "monai_bundle"
+NAMES = ["polyp", "hippocampus"]
+POLYP = BUNDLES / "polyp"
+HIPPO = BUNDLES / "hippocampus"
+CONFIGS = POLYP / "configs"
 SCHEMA_RELEASE = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1"
-TINY = ["--subset", "2", "--image_size", "[32,32]", "--batch_size", "2", "--num_workers", "0"]
+TINY = [
+    "--subset",
+    "2",
+    "--image_size",
+    "[32,32]",
+    "--batch_size",
+    "2",
+    "--num_workers",
+    "0",
+    "--bundle_root",
+    str(POLYP),
+]
 
 
 def bundle(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -28,53 +44,116 @@ def bundle(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return proc
 
 
-def test_every_config_parses():
+def test_one_bundle_per_shipped_model_sharing_one_package():
+    from doubleunet_segment import paths
+    from doubleunet_segment.catalog import read_catalog
+
+    assert paths.bundle_names(BUNDLES) == sorted(NAMES) == sorted(read_catalog())
+    for name in NAMES:
+        root = BUNDLES / name
+        for part in (
+            "configs/metadata.json",
+            "configs/inference.json",
+            "configs/train.json",
+            "configs/evaluate.json",
+            "configs/datalist.json",
+            "configs/logging.conf",
+            "models/model.json",
+            "docs/README.md",
+            "docs/data_license.txt",
+            "large_files.yml",
+            "LICENSE",
+        ):
+            assert (root / part).is_file(), f"{name}: {part}"
+        assert not list(root.rglob("*.py"))  # no copied code: every bundle imports the one package
+    meta = {name: json.loads((BUNDLES / name / "configs" / "metadata.json").read_text()) for name in NAMES}
+    assert meta["polyp"]["network_data_format"]["inputs"]["image"]["num_channels"] == 3
+    assert meta["hippocampus"]["network_data_format"]["inputs"]["image"]["num_channels"] == 1
+    assert meta["hippocampus"]["network_data_format"]["outputs"]["pred"]["num_channels"] == 3
+    assert not any("hippocampus" in k for k in meta["polyp"]["eval_metrics"])  # each bundle: its own model's figures
+    assert "Kvasir" in (POLYP / "docs" / "data_license.txt").read_text()
+    assert "Kvasir" not in (HIPPO / "docs" / "data_license.txt").read_text()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_config_parses(name):
     from monai.bundle import ConfigParser
 
+    configs = BUNDLES / name / "configs"
     for names in (["train.json"], ["train.json", "evaluate.json"], ["inference.json"]):
         parser = ConfigParser()
-        parser.read_config([str(CONFIGS / n) for n in names])
+        parser.read_config([str(configs / n) for n in names])
         for key in ("network_def", "run", "bundle_root"):
             assert parser.get(key) is not None, f"{names} lacks {key}"
-    meta = json.loads((CONFIGS / "metadata.json").read_text())
+        assert parser.get("bundle_root") == "."  # the bundle's own folder: where it is run from, or --bundle_root
+    meta = json.loads((configs / "metadata.json").read_text())
     assert meta["version"] in meta["changelog"]
 
 
-def test_package_and_bundle_share_one_version():
-    """One version: the package's (pyproject reads it), the bundle metadata's, and the one SEG provenance records."""
+def test_package_and_bundles_share_one_version():
+    """One version: the package's (pyproject reads it), each bundle metadata's, and the one SEG provenance records."""
     from importlib.metadata import version
 
     import doubleunet_segment
 
-    meta = json.loads((CONFIGS / "metadata.json").read_text())
-    assert doubleunet_segment.__version__ == meta["version"] == version("doubleunet-segment")
+    for name in NAMES:
+        meta = json.loads((BUNDLES / name / "configs" / "metadata.json").read_text())
+        assert doubleunet_segment.__version__ == meta["version"] == version("doubleunet-segment")
     assert 'attr = "doubleunet_segment.__version__"' in (REPO / "pyproject.toml").read_text()
 
 
-def test_metadata_passes_monai_verify_metadata_against_the_official_schema_it_names(tmp_path):
+@pytest.mark.parametrize("name", NAMES)
+def test_metadata_passes_monai_verify_metadata_against_the_official_schema_it_names(tmp_path, name):
     # The official schema file, read offline from ../shared/monai-schema (a byte-identical copy of the release asset).
-    url = json.loads((CONFIGS / "metadata.json").read_text())["schema"]
+    meta_file = BUNDLES / name / "configs" / "metadata.json"
+    url = json.loads(meta_file.read_text())["schema"]
     assert url == f"{SCHEMA_RELEASE}/meta_schema_20240725.json"
     schema = SHARED / "monai-schema" / url.rsplit("/", 1)[1]
-    proc = bundle(
-        "verify_metadata", "--meta_file", str(CONFIGS / "metadata.json"), "--filepath", str(schema), cwd=tmp_path
-    )
+    proc = bundle("verify_metadata", "--meta_file", str(meta_file), "--filepath", str(schema), cwd=tmp_path)
     assert "metadata is verified with no error" in proc.stdout + proc.stderr
 
 
-def test_verify_net_in_out(tmp_path):
+@pytest.mark.parametrize("name", NAMES)
+def test_verify_net_in_out(tmp_path, name):
+    configs = BUNDLES / name / "configs"
     proc = bundle(
         "verify_net_in_out",
         "network_def",
         "--meta_file",
-        str(CONFIGS / "metadata.json"),
+        str(configs / "metadata.json"),
         "--config_file",
-        str(CONFIGS / "inference.json"),
+        str(configs / "inference.json"),
+        "--bundle_root",
+        str(BUNDLES / name),
         "--n",
         "2",
         cwd=tmp_path,
     )
     assert "verified with no error" in proc.stdout + proc.stderr
+
+
+@needs_data
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("workflow", ["train", "eval", "infer"])
+def test_monai_workflow_property_checks_pass(tmp_path, name, workflow):
+    """MONAI's own check of the properties a train, evaluate or inference workflow must have (as the model
+    zoo's CI runs it: initialise, then ``check_properties``)."""
+    from monai.bundle import ConfigWorkflow
+
+    configs = BUNDLES / name / "configs"
+    files = {"train": ["train.json"], "eval": ["train.json", "evaluate.json"], "infer": ["inference.json"]}[workflow]
+    overrides = {"bundle_root": str(BUNDLES / name), "output_dir": str(tmp_path / "out")}
+    if workflow != "infer":
+        overrides.update(subset=2, num_workers=0)
+    runner = ConfigWorkflow(
+        config_file=[str(configs / f) for f in files],
+        meta_file=str(configs / "metadata.json"),
+        logging_file=False,
+        workflow_type=workflow,
+        **overrides,
+    )
+    runner.initialize()
+    assert runner.check_properties() == []
 
 
 def test_ckpt_export_torchscript_matches_eager(tmp_path, polyp_model):
@@ -90,6 +169,8 @@ def test_ckpt_export_torchscript_matches_eager(tmp_path, polyp_model):
         str(CONFIGS / "metadata.json"),
         "--config_file",
         str(CONFIGS / "inference.json"),
+        "--bundle_root",
+        str(POLYP),
         cwd=tmp_path,
     )
     from doubleunet_segment.networks.doubleunet import DoubleUNet
@@ -120,9 +201,9 @@ def test_torchscript_export_is_float32_and_the_shipped_model(polyp_export):
     assert {p.dtype for p in scripted.parameters()} == {torch.float32}  # as model-zoo TorchScript files are
     meta = json.loads(extra["metadata.json"])
     assert meta["version"] == json.loads((CONFIGS / "metadata.json").read_text())["version"]
-    assert json.loads(extra["inference.json"])["model"] == "polyp"
+    assert json.loads(extra["inference.json"])["bundle_root"] == "."
     polyp = read_catalog()["polyp"]
-    assert polyp.weights == BUNDLE / "models" / "model.pt"
+    assert polyp.weights == POLYP / "models" / "model.pt"
     eager = load_model(polyp)
     x = torch.rand(1, 3, 64, 80)
     with torch.no_grad():
@@ -133,7 +214,7 @@ def test_torchscript_export_is_float32_and_the_shipped_model(polyp_export):
 
 def test_torchscript_exports_are_built_not_committed():
     ignored = (REPO / ".gitignore").read_text().splitlines()
-    assert "monai_bundle/models/*.ts" in ignored
+    assert "monai_bundle/*/models/*.ts" in ignored
     from doubleunet_segment.networks import weights
 
     assert not hasattr(weights, "half_storage")  # nothing exports float16 any more
@@ -153,29 +234,27 @@ def test_torchscript_export_of_another_shipped_model(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["hippo.ts"]  # no temporary file left behind
 
 
-def test_every_shipped_weights_file_is_listed_in_large_files_with_its_sha256():
+@pytest.mark.parametrize("name", NAMES)
+def test_every_shipped_weights_file_is_listed_in_large_files_with_its_sha256(name):
     import hashlib
 
-    from doubleunet_segment import paths
     from doubleunet_segment.catalog import read_catalog
 
-    listing = yaml.safe_load((BUNDLE / "large_files.yml").read_text())
+    root = BUNDLES / name
+    listing = yaml.safe_load((root / "large_files.yml").read_text())
     entries = {e["path"]: e for e in listing["large_files"]}
-    assert paths.large_files_path() == BUNDLE / "large_files.yml"
-    shipped = {spec.weights.relative_to(BUNDLE).as_posix() for spec in read_catalog().values()}
-    assert shipped == set(entries) == {"models/model.pt", "models/hippocampus.pt"}
+    assert read_catalog()[name].weights == root / "models" / "model.pt"
+    assert set(entries) == {"models/model.pt"}
     for path, entry in entries.items():
         assert set(entry) == {"path", "url", "hash_val", "hash_type"} and entry["hash_type"] == "sha256"
         assert entry["url"].startswith("https://github.com/doubleunet-segment/DoubleUNetSegment/releases/download/")
-        assert entry["url"].endswith("/" + path.rsplit("/", 1)[1])
-        assert hashlib.sha256((BUNDLE / path).read_bytes()).hexdigest() == entry["hash_val"]
+        assert entry["url"].endswith(f"/{name}-model.pt")  # one release holds every bundle's model.pt
+        assert hashlib.sha256((root / path).read_bytes()).hexdigest() == entry["hash_val"]
 
 
-def _bundle_copy(folder: Path) -> Path:
-    """A bundle folder with the real catalog, large_files.yml and polyp weights."""
-    (folder / "models").mkdir(parents=True)
-    for name in ("large_files.yml", "models/catalog.json", "models/model.pt"):
-        shutil.copy2(BUNDLE / name, folder / name)
+def _bundles_copy(folder: Path) -> Path:
+    """A bundles root holding a copy of the polyp bundle (configs, model.json, large_files.yml, weights)."""
+    shutil.copytree(POLYP, folder / "polyp", ignore=shutil.ignore_patterns("runs", "*.ts", "docs"))
     return folder
 
 
@@ -186,8 +265,8 @@ def test_a_corrupted_shipped_weights_file_is_refused_with_the_way_to_restore_it(
     from doubleunet_segment.catalog import load_model, resolve_model
     from doubleunet_segment.networks import weights
 
-    root = _bundle_copy(tmp_path / "bundle")
-    monkeypatch.setenv(paths.BUNDLE_ENV, str(root))
+    root = _bundles_copy(tmp_path / "bundles") / "polyp"
+    monkeypatch.setenv(paths.BUNDLES_ENV, str(root.parent))
     hashed = []
     monkeypatch.setattr(weights, "_DIGESTS", {})
     real = weights._hash_file
@@ -298,7 +377,9 @@ def test_inference_config_segments_images(tmp_path, polyp_model):
         "inference",
         "--config_file",
         str(CONFIGS / "inference.json"),
-        "--model",
+        "--bundle_root",
+        str(POLYP),
+        "--ckpt_path",
         str(polyp_model),
         "--output_dir",
         str(out),
@@ -321,7 +402,9 @@ def test_inference_config_reads_dicom_folders(tmp_path, polyp_model):
         "inference",
         "--config_file",
         str(CONFIGS / "inference.json"),
-        "--model",
+        "--bundle_root",
+        str(POLYP),
+        "--ckpt_path",
         str(polyp_model),
         "--input",
         str(ct),
@@ -331,6 +414,40 @@ def test_inference_config_reads_dicom_folders(tmp_path, polyp_model):
     )
     (case,) = list(out.iterdir())
     assert {"segmentation.nii.gz", "seg.dcm", "segments.json"} <= {p.name for p in case.iterdir()}
+
+
+@needs_data
+def test_a_copied_bundle_runs_its_own_configs_and_weights(tmp_path, polyp_model):
+    """A bundle copied elsewhere and given retrained weights runs them, from its own folder (bundle_root ".", the
+    model zoo's convention); the CLI pointed at the same folder gives the same label map, the shipped model not."""
+    from doubleunet_segment.release.ship import record_large_file
+
+    copy = tmp_path / "elsewhere" / "my_polyp"
+    shutil.copytree(POLYP, copy, ignore=shutil.ignore_patterns("runs", "*.ts", "docs"))
+    shutil.copy2(polyp_model, copy / "models" / "model.pt")
+    record_large_file(copy, copy / "models" / "model.pt")  # as shipping retrained weights does
+    frame = DATA / "kvasir-seg" / "images" / "cju0qoxqj9q6s0835b43399p4.jpg"
+    run = ["run", "inference", "--config_file", "configs/inference.json", "--input", str(frame)]
+    bundle(*run, "--output_dir", str(tmp_path / "bundle"), cwd=copy)
+    case = frame.stem
+    info = json.loads((tmp_path / "bundle" / case / "segments.json").read_text())
+    assert info["model"] == "my_polyp"
+
+    def labels(folder: Path) -> np.ndarray:
+        return np.asarray(nib.load(folder / case / "segmentation.nii.gz").dataobj)
+
+    cli = [sys.executable, "-m", "doubleunet_segment.cli", str(frame), "--progress", "none"]
+    for model, out in ((str(copy), "cli-copy"), ("polyp", "cli-shipped")):
+        done = subprocess.run([*cli, "--model", model, "-o", str(tmp_path / out)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert np.array_equal(labels(tmp_path / "bundle"), labels(tmp_path / "cli-copy"))
+    assert not np.array_equal(labels(tmp_path / "bundle"), labels(tmp_path / "cli-shipped"))
+
+    # run from elsewhere without --bundle_root: "." is no bundle, and the message says what to do
+    cmd = [sys.executable, "-m", "monai.bundle", *run[:3], str(copy / "configs" / "inference.json"), *run[4:]]
+    done = subprocess.run([*cmd, "--output_dir", str(tmp_path / "x")], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "is not a DoubleU-Net bundle" in done.stderr and "--bundle_root" in done.stderr
 
 
 def _study_with_localizer(folder: Path) -> int:
@@ -366,7 +483,8 @@ def test_inference_config_runs_whole_folders(tmp_path, hippo_model, make):
     """A study folder with a tri-plane localizer, a folder of PNGs and a folder of NIfTIs: every case, exit 0."""
     cases = make(tmp_path / "input")
     out = tmp_path / "inference"
-    args = ["--config_file", str(CONFIGS / "inference.json"), "--model", str(hippo_model), "--progress", "none"]
+    args = ["--config_file", str(HIPPO / "configs" / "inference.json"), "--bundle_root", str(HIPPO)]
+    args += ["--ckpt_path", str(hippo_model)]
     bundle("run", "inference", *args, "--input", str(tmp_path / "input"), "--output_dir", str(out), cwd=tmp_path)
     assert len([case for case in out.iterdir() if (case / "segments.json").is_file()]) == cases
 
@@ -374,8 +492,9 @@ def test_inference_config_runs_whole_folders(tmp_path, hippo_model, make):
 @needs_data
 def test_hippocampus_volumes_train_and_evaluate_per_class(tmp_path, hippo_model):
     """Volumes are cut into slices for training; evaluation runs whole volumes slice by slice, per class."""
-    configs = [str(CONFIGS / "train.json"), str(CONFIGS / "hippocampus.json")]
+    configs = [str(HIPPO / "configs" / "train.json")]
     small = ["--subset", "1", "--batch_size", "8", "--num_workers", "0", "--slice_axis", "0", "--image_size", "[64,48]"]
+    small += ["--bundle_root", str(HIPPO)]
     out = tmp_path / "run"
     bundle(
         "run",
@@ -391,7 +510,7 @@ def test_hippocampus_volumes_train_and_evaluate_per_class(tmp_path, hippo_model)
     )
     assert (out / "models" / "model.pt").is_file()
     evaluation = tmp_path / "eval"
-    all_configs = str([*configs, str(CONFIGS / "evaluate.json")])
+    all_configs = str([*configs, str(HIPPO / "configs" / "evaluate.json")])
     bundle(
         "run",
         "evaluating",

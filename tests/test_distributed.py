@@ -15,7 +15,7 @@ import pytest
 from helpers import DATA, REPO, needs_data
 
 pytestmark = needs_data
-BUNDLE = REPO / "monai_bundle"
+BUNDLE = REPO / "monai_bundle" / "polyp"
 TINY = ["--subset", "4", "--image_size", "[32,32]", "--num_workers", "0", "--epochs", "3"]
 # No augmentation and no bf16: the two runs then differ only in how BatchNorm sees the batch.
 EXACT = ["--augmentation", "[]", "--cpu_bf16", "false"]

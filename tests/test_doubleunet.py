@@ -18,7 +18,7 @@ def test_output_size_equals_input_size(h, w):
 
 
 def test_stage_shapes_table():
-    """The per-stage shapes documented in monai_bundle/docs/README.md."""
+    """The per-stage shapes documented in monai_bundle/polyp/docs/README.md."""
     net = DoubleUNet(3, 1).eval()
     x = torch.rand(1, 3, 64, 96)
     bridge, skips = net.encoder1(x)

@@ -45,7 +45,9 @@ def test_bundle_inference_tells_the_calling_script_a_case_failed(tmp_path: Path,
     (source / "broken.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "inference"]
-    cmd += ["--config_file", str(REPO / "monai_bundle" / "configs" / "inference.json"), "--model", str(polyp_model)]
+    bundle = REPO / "monai_bundle" / "polyp"
+    cmd += ["--config_file", str(bundle / "configs" / "inference.json"), "--bundle_root", str(bundle)]
+    cmd += ["--ckpt_path", str(polyp_model)]
     cmd += ["--input", str(source), "--output_dir", str(out), "--progress", "none"]
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode != 0

@@ -212,7 +212,9 @@ def test_bundle_inference_exits_nonzero_when_a_case_fails(tmp_path, polyp_model)
     broken.write_bytes(b"not a nifti")
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "inference"]
-    cmd += ["--config_file", str(REPO / "monai_bundle" / "configs" / "inference.json"), "--model", str(polyp_model)]
+    bundle = REPO / "monai_bundle" / "polyp"
+    cmd += ["--config_file", str(bundle / "configs" / "inference.json"), "--bundle_root", str(bundle)]
+    cmd += ["--ckpt_path", str(polyp_model)]
     cmd += ["--input", f"['{good}','{broken}']", "--output_dir", str(out), "--progress", "none"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode != 0, proc.stderr

@@ -35,13 +35,13 @@ def test_candidate_is_evaluated_at_its_own_geometry_and_the_shipped_at_the_catal
     import shutil
 
     from doubleunet_segment.catalog import read_catalog
-    from doubleunet_segment.paths import bundle_root, configs_dir
+    from doubleunet_segment.paths import bundle_dir
     from doubleunet_segment.release.ship import (
         candidate_geometry,
         evaluation_overrides,
         parse_overrides,
         shipped_geometry,
-        update_catalog_geometry,
+        update_spec_geometry,
     )
 
     assert parse_overrides(["--image_size", "[48,48]", "--datalist", "auto"]) == {
@@ -50,10 +50,11 @@ def test_candidate_is_evaluated_at_its_own_geometry_and_the_shipped_at_the_catal
     }
     with pytest.raises(ValueError, match="--key value"):
         parse_overrides(["--slice_axis"])
-    CONFIGS = configs_dir()
-    polyp = [str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")]
+    configs = bundle_dir("polyp") / "configs"
+    polyp = [str(configs / "train.json"), str(configs / "evaluate.json")]
     assert candidate_geometry(polyp, []) == {"image_size": [128, 128]}  # 2D: no slice axis to record
-    hippo = [str(CONFIGS / "train.json"), str(CONFIGS / "hippocampus.json"), str(CONFIGS / "evaluate.json")]
+    configs = bundle_dir("hippocampus") / "configs"
+    hippo = [str(configs / "train.json"), str(configs / "evaluate.json")]
     overrides = ["--slice_axis", "1", "--image_size", "[48,48]", "--num_workers", "0"]
     geometry = candidate_geometry(hippo, overrides)
     assert geometry == {"slice_axis": 1, "image_size": [48, 48]}
@@ -64,12 +65,17 @@ def test_candidate_is_evaluated_at_its_own_geometry_and_the_shipped_at_the_catal
     evaluated = parse_overrides(evaluation_overrides(overrides, current, spec))
     assert evaluated == {"num_workers": 0, "largest_component": True, **current}
 
-    models = tmp_path / "models"
-    shutil.copytree(bundle_root() / "models", models, ignore=shutil.ignore_patterns("*.pt", "*.ts"))
-    update_catalog_geometry(models, "hippocampus", geometry)
-    written = json.loads((models / "catalog.json").read_text())["models"]
-    assert written["hippocampus"]["slice_axis"] == 1 and written["hippocampus"]["roi_size"] == [48, 48]
-    assert written["polyp"] == json.loads((bundle_root() / "models" / "catalog.json").read_text())["models"]["polyp"]
+    copy = tmp_path / "hippocampus"
+    shutil.copytree(
+        bundle_dir("hippocampus") / "models", copy / "models", ignore=shutil.ignore_patterns("*.pt", "*.ts")
+    )
+    update_spec_geometry(copy, {"slice_axis": 2, "image_size": [64, 64]})
+    written = json.loads((copy / "models" / "model.json").read_text())
+    shipped = json.loads((bundle_dir("hippocampus") / "models" / "model.json").read_text())
+    assert written["slice_axis"] == 2 and written["roi_size"] == [64, 64]
+    assert {k: v for k, v in written.items() if k not in ("slice_axis", "roi_size")} == {
+        k: v for k, v in shipped.items() if k not in ("slice_axis", "roi_size")
+    }
 
 
 def test_ship_refuses_malformed_overrides_with_a_usage_error(tmp_path, capsys):
@@ -91,14 +97,14 @@ def test_shipping_new_weights_records_their_sha256_so_the_loader_accepts_them(tm
     from doubleunet_segment.networks.weights import WeightsHashError
     from doubleunet_segment.release.ship import RELEASES_URL, install_weights
 
-    source = paths.bundle_root()
-    root = tmp_path / "bundle"
+    source = paths.bundle_dir("polyp")
+    root = tmp_path / "bundles" / "polyp"
     (root / "models").mkdir(parents=True)
     (root / "configs").mkdir()
-    for name in ("large_files.yml", "models/catalog.json", "models/model.pt", "configs/metadata.json"):
+    for name in ("large_files.yml", "models/model.json", "models/model.pt", "configs/metadata.json"):
         shutil.copy2(source / name, root / name)
     before = yaml.safe_load((root / "large_files.yml").read_text())["large_files"]
-    monkeypatch.setenv(paths.BUNDLE_ENV, str(root))
+    monkeypatch.setenv(paths.BUNDLES_ENV, str(root.parent))
     spec = read_catalog()["polyp"]
 
     candidate = half_precision(polyp_model, tmp_path / "half.pt")
@@ -106,16 +112,15 @@ def test_shipping_new_weights_records_their_sha256_so_the_loader_accepts_them(tm
     with pytest.raises(WeightsHashError, match="model.pt"):
         load_model(spec)
 
-    install_weights(candidate, spec.weights, paths.bundle_root())
+    install_weights(candidate, spec.weights, spec.bundle)
     text = (root / "large_files.yml").read_text()
     assert text.startswith("# ")  # the explanatory header survives the rewrite
     after = yaml.safe_load(text)["large_files"]
     assert [e["path"] for e in after] == [e["path"] for e in before]  # entries keep their place
-    assert after[1] == before[1]  # the hippocampus entry is untouched
     version = json.loads((root / "configs" / "metadata.json").read_text())["version"]
     assert after[0] == {
         "path": "models/model.pt",
-        "url": f"{RELEASES_URL}/v{version}/model.pt",
+        "url": f"{RELEASES_URL}/v{version}/polyp-model.pt",
         "hash_val": hashlib.sha256(candidate.read_bytes()).hexdigest(),
         "hash_type": "sha256",
     }

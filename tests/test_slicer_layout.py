@@ -74,7 +74,7 @@ def test_module_cmakelists_lists_every_file_and_only_existing_ones() -> None:
     # the engine is copied from the bundle by glob; its source folder must be where the glob looks
     assert "SOURCE_DIR ${BUNDLE_SOURCE_DIR}" in text
     assert (MODULE / "../monai_bundle/doubleunet_segment/inference/worker.py").is_file()
-    assert (MODULE / "../monai_bundle/models/catalog.json").is_file()
+    assert (MODULE / "../monai_bundle/polyp/models/model.json").is_file()
 
 
 def cmake_globs(text: str, variable: str, source_dir: Path) -> set[str]:

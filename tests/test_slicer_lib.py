@@ -154,20 +154,21 @@ def test_bundle_is_found_from_the_module_folder_and_lists_the_catalog(tmp_path: 
     for entry in entries:
         assert entry.available == catalog[entry.name].weights.is_file()
         assert entry.label.startswith(entry.name)
-    assert bundle.find_bundle_root(tmp_path, environ={"DOUBLEUNET_BUNDLE": str(root)}) == root
-    with pytest.raises(FileNotFoundError, match="DOUBLEUNET_BUNDLE"):
+    assert bundle.find_bundle_root(tmp_path, environ={"DOUBLEUNET_BUNDLES": str(root)}) == root
+    with pytest.raises(FileNotFoundError, match="DOUBLEUNET_BUNDLES"):
         bundle.find_bundle_root(tmp_path, environ={})
     weights = tmp_path / "mine.pt"
     weights.write_bytes(b"")
     assert bundle.custom_model_spec(weights).available
-    assert not bundle.custom_model_spec(tmp_path).available  # a folder without a catalog
+    assert not bundle.custom_model_spec(tmp_path).available  # a folder without models/model.json
+    assert bundle.custom_model_spec(root / "hippocampus").available  # a bundle folder
 
 
 def test_custom_model_choice_asks_for_a_folder_then_a_file(tmp_path: Path) -> None:
     """The flow the panel and the effect share: folder dialog first, file dialog only when it was cancelled."""
     folder = tmp_path / "my_bundle"
     (folder / "models").mkdir(parents=True)
-    (folder / "models" / "catalog.json").write_text('{"default": "a", "models": {}}')
+    (folder / "models" / "model.json").write_text('{"weights": "model.pt"}')
     weights = tmp_path / "mine.pt"
     weights.write_bytes(b"")
     asked: list[str] = []

@@ -36,7 +36,7 @@ def test_catalog_states_each_shipped_models_licence() -> None:
     assert "Kvasir-SEG" in polyp.text and "CVC-ClinicDB" in polyp.text and "commercial" in polyp.text
     assert hippo is not None and not hippo.research_only and "CC BY-SA 4.0" in hippo.name
     # the same words as the bundle's data licence
-    data_license = (BUNDLE / "docs" / "data_license.txt").read_text()
+    data_license = (BUNDLE / "polyp" / "docs" / "data_license.txt").read_text()
     assert "research and education" in data_license and "commercial use forbidden" in polyp.text
     # the engine reads the field as an extra key and is otherwise unchanged
     assert read_catalog()["polyp"].extra["licence"]["research_only"] is True
@@ -62,15 +62,16 @@ def test_declining_cancels_and_asks_again_next_time() -> None:
 
 
 def test_a_changed_licence_is_asked_again(tmp_path: Path) -> None:
-    bundle = tmp_path / "bundle"
-    (bundle / "models").mkdir(parents=True)
-    shutil.copy(BUNDLE / "models" / "catalog.json", bundle / "models" / "catalog.json")
+    bundle = tmp_path / "bundles"
+    (bundle / "polyp" / "models").mkdir(parents=True)
+    spec_file = bundle / "polyp" / "models" / "model.json"
+    shutil.copy(BUNDLE / "polyp" / "models" / "model.json", spec_file)
     settings = licence.DictSettings()
     ask = Asker(True)
     assert licence.confirm_licence(bundle, "polyp", settings, ask) and len(ask.shown) == 1
-    catalog = json.loads((bundle / "models" / "catalog.json").read_text())
-    catalog["models"]["polyp"]["licence"]["text"] += " New clause."
-    (bundle / "models" / "catalog.json").write_text(json.dumps(catalog))
+    spec = json.loads(spec_file.read_text())
+    spec["licence"]["text"] += " New clause."
+    spec_file.write_text(json.dumps(spec))
     assert licence.notice_needed(licence.model_licence(bundle, "polyp"), settings, "polyp")
     assert licence.confirm_licence(bundle, "polyp", settings, ask) and len(ask.shown) == 2
 
@@ -94,8 +95,8 @@ def test_models_without_a_licence_field_and_own_bundles(tmp_path: Path) -> None:
     own = tmp_path / "own_bundle"
     (own / "models").mkdir(parents=True)
     entry = {"weights": "m.pt", "licence": {"name": "Non-commercial", "research_only": True, "text": "Research."}}
-    (own / "models" / "catalog.json").write_text(json.dumps({"default": "m", "models": {"m": entry}}))
-    assert not licence.confirm_licence(BUNDLE, str(own), settings, ask)  # its default model's licence applies
+    (own / "models" / "model.json").write_text(json.dumps(entry))
+    assert not licence.confirm_licence(BUNDLE, str(own), settings, ask)  # its model's licence applies
     assert len(ask.shown) == 1
     assert "/" not in licence.settings_key(str(own)).removeprefix(licence.SETTINGS_GROUP + "/")
 

@@ -92,11 +92,11 @@ def test_twin_concepts_carry_one_name_and_one_form() -> None:
     assert {"name", "weights", "description"} <= {f.name for f in dataclasses.fields(catalog.ModelSpec)}
     default, specs = bundle.read_catalog(bundle.find_bundle_root(REPO / "DoubleUNetSegment"))
     engine = catalog.read_catalog()
-    assert default == catalog.default_model_name() and [s.name for s in specs] == list(engine)
+    assert default == catalog.DEFAULT_MODEL and [s.name for s in specs] == list(engine)
     for spec in specs:
         assert spec.weights.resolve() == engine[spec.name].weights.resolve()
         assert spec.description == engine[spec.name].description
-    # the environment variable that points both at a bundle, and where the catalog lies in it
-    assert bundle.BUNDLE_ENV == paths.BUNDLE_ENV
-    assert bundle.CATALOG == Path("models") / paths.CATALOG_NAME
+    # the environment variable that points both at the bundles, and where a model's spec lies in its bundle
+    assert bundle.BUNDLES_ENV == paths.BUNDLES_ENV
+    assert bundle.MODEL_SPEC == Path("models") / paths.MODEL_SPEC_NAME
     # keep_largest_components gives the engine's masks: test_slicer_lib.py compares the two on real shapes

@@ -1,4 +1,4 @@
-"""A normal (non-editable) wheel works on its own: catalog, configs and weights travel inside the package.
+"""A normal (non-editable) wheel works on its own: the bundles (configs, model specs, weights) travel inside it.
 
 The wheel is built from a clean copy of the sources (no stale ``build/`` can leak in), installed into a fresh
 virtual environment that borrows only the third-party packages of the test environment, and run from
@@ -42,7 +42,7 @@ def wheel(tmp_path_factory) -> Path:
     shutil.copytree(
         REPO / "monai_bundle",
         src / "monai_bundle",
-        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "*.ts", "eval"),
+        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "*.ts", "runs"),
     )
     out = tmp_path_factory.mktemp("wheel")
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), "."], src)
@@ -70,9 +70,10 @@ def installed(wheel: Path, tmp_path_factory) -> Path:
 
 def test_wheel_carries_the_bundle_data(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
-    needed_files = ("models/catalog.json", "models/model.pt", "models/hippocampus.pt", "configs/inference.json")
-    for needed in (*needed_files, "large_files.yml"):  # the loader checks the weights against it
-        assert f"doubleunet_segment/bundle/{needed}" in names
+    needed_files = ("models/model.json", "models/model.pt", "configs/inference.json", "configs/metadata.json")
+    for bundle in ("polyp", "hippocampus"):
+        for needed in (*needed_files, "large_files.yml"):  # the loader checks the weights against it
+            assert f"doubleunet_segment/bundles/{bundle}/{needed}" in names
     assert not any(name.endswith(".ts") for name in names)  # the TorchScript export is not needed to run
     packages = {name.rsplit("/", 1)[0] for name in names if name.endswith("/__init__.py")}
     for sub in ("networks", "data", "inference", "training", "release"):
@@ -88,7 +89,7 @@ def test_installed_wheel_runs_help_and_a_real_case(installed: Path, tmp_path: Pa
             str(installed / "bin" / "python"),
             "-c",
             "import doubleunet_segment, doubleunet_segment.paths as p; print(doubleunet_segment.__file__); "
-            "print(p.bundle_root())",
+            "print(p.bundles_root())",
         ],
         tmp_path,
         env,
@@ -109,19 +110,22 @@ def test_installed_wheel_runs_help_and_a_real_case(installed: Path, tmp_path: Pa
     assert np.array_equal(np.asarray(ours.dataobj), np.asarray(theirs.dataobj))
 
 
-def test_bundle_env_names_the_bundle_the_engine_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bundles_env_names_the_bundles_the_engine_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from doubleunet_segment import paths
     from doubleunet_segment.catalog import read_catalog
 
-    (tmp_path / "models").mkdir()
-    catalog = json.loads(paths.catalog_path().read_text())
-    catalog["models"] = {"polyp": {**catalog["models"]["polyp"], "description": "a copied bundle"}}
-    catalog["default"] = "polyp"
-    (tmp_path / "models" / "catalog.json").write_text(json.dumps(catalog))
-    monkeypatch.setenv(paths.BUNDLE_ENV, str(tmp_path))
-    assert paths.bundle_root() == tmp_path.resolve()
+    copy = tmp_path / "polyp"
+    (copy / "models").mkdir(parents=True)
+    (copy / "configs").mkdir()
+    source = paths.bundle_dir("polyp")
+    spec = json.loads((source / "models" / "model.json").read_text())
+    (copy / "models" / "model.json").write_text(json.dumps({**spec, "description": "a copied bundle"}))
+    (copy / "configs" / "metadata.json").write_text((source / "configs" / "metadata.json").read_text())
+    monkeypatch.setenv(paths.BUNDLES_ENV, str(tmp_path))
+    assert paths.bundles_root() == tmp_path.resolve()
+    assert list(read_catalog()) == ["polyp"]
     spec = read_catalog()["polyp"]
-    assert spec.description == "a copied bundle" and spec.weights.parent == tmp_path.resolve() / "models"
-    monkeypatch.setenv(paths.BUNDLE_ENV, str(tmp_path / "nowhere"))
-    with pytest.raises(FileNotFoundError, match="DOUBLEUNET_BUNDLE"):
-        paths.bundle_root()
+    assert spec.description == "a copied bundle" and spec.weights.parent == copy.resolve() / "models"
+    monkeypatch.setenv(paths.BUNDLES_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="DOUBLEUNET_BUNDLES"):
+        paths.bundles_root()

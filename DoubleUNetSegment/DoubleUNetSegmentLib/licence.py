@@ -1,8 +1,8 @@
 """Licence notices for models whose weights may be used for research only, shown once before first use.
 
 The polyp weights were trained on Kvasir-SEG and CVC-ClinicDB, whose terms allow research and education only (no
-commercial use). A user has to see that before the first run, not find it in a README. The catalog
-(``models/catalog.json``) carries each model's ``licence`` (``name``, ``research_only``, ``text``); this module
+commercial use). A user has to see that before the first run, not find it in a README. Each bundle's
+``models/model.json`` carries each model's ``licence`` (``name``, ``research_only``, ``text``); this module
 reads it as plain JSON (Slicer's process may not have torch yet), decides whether a notice is due, and remembers
 an acceptance per model and licence version in a small :class:`Settings` store: ``qt.QSettings`` in Slicer, a dict
 or a JSON file in tests. A changed licence text is a new version and is asked again.
@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-CATALOG = Path("models") / "catalog.json"
+MODEL_SPEC = Path("models") / "model.json"  # in each bundle folder
 SETTINGS_GROUP = "DoubleUNetSegment/AcceptedLicences"
 
 
 @dataclass(frozen=True)
 class Licence:
-    """A model's licence as the catalog states it."""
+    """A model's licence as its model.json states it."""
 
     name: str
     research_only: bool
@@ -77,22 +77,16 @@ class JsonFileSettings(DictSettings):
         tmp.replace(self.path)
 
 
-def _catalog_entry(bundle_root: Path, model: str) -> dict | None:
-    """The catalog entry ``model`` names: a shipped model, or a bundle folder's default model."""
-    candidates = [(bundle_root / CATALOG, model)]
+def _spec_entry(bundle_root: Path, model: str) -> dict | None:
+    """The ``model.json`` of the model ``model`` names: a shipped model's bundle, or the user's own bundle folder."""
     folder = Path(model).expanduser()
-    if folder.is_dir():  # the user's own bundle folder: its catalog's default model
-        candidates = [(folder / CATALOG, None), (folder / CATALOG.name, None)]
-    for path, name in candidates:
-        if path.is_file():
-            data = json.loads(path.read_text(encoding="utf-8"))
-            return data.get("models", {}).get(name or data.get("default", ""))
-    return None
+    path = (folder if folder.is_dir() else bundle_root / model) / MODEL_SPEC
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def model_licence(bundle_root: str | os.PathLike, model: str) -> Licence | None:
-    """The licence of the model ``--model`` gets (catalog name or folder); None when the catalog names none."""
-    entry = _catalog_entry(Path(bundle_root), model) if model else None
+    """The licence of the model ``--model`` gets (shipped name or bundle folder); None when its model.json has none."""
+    entry = _spec_entry(Path(bundle_root), model) if model else None
     if not entry or not isinstance(entry.get("licence"), dict):
         return None
     return Licence.from_dict(entry["licence"])

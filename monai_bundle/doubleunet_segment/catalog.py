@@ -1,7 +1,8 @@
 """The shipped models and how to load one: by name (``polyp``), bundle folder, or weights file.
 
-A model is its weights plus a spec (channels, normalisation, in-plane handling, segment names), kept
-as data in ``models/catalog.json`` so the CLI, the bundle configs and the Slicer module agree on it.
+Each shipped model is one MONAI bundle (``monai_bundle/<name>/``, see :mod:`.paths`). A model is its weights
+plus a spec (channels, normalisation, in-plane handling, geometry, segment names), kept as data in the
+bundle's ``models/model.json`` so the CLI, the bundle's configs and the Slicer module agree on it.
 """
 
 from __future__ import annotations
@@ -19,16 +20,18 @@ from .networks.weights import load_weights
 from .segments import HIPPOCAMPUS_SEGMENTS, POLYP_SEGMENTS, SegmentInfo, segments_from_dicts
 
 __all__ = [
+    "DEFAULT_MODEL",
     "SEGMENT_SETS",
     "ModelSpec",
     "build_network",
-    "default_model_name",
+    "read_bundle",
     "load_model",
     "read_catalog",
     "resolve_model",
 ]
 
 SEGMENT_SETS = {"polyp": POLYP_SEGMENTS, "hippocampus": HIPPOCAMPUS_SEGMENTS}
+DEFAULT_MODEL = "polyp"  # what runs when no --model is given
 
 
 @dataclass
@@ -36,7 +39,7 @@ class ModelSpec:
     """What the engine must know to run a trained DoubleU-Net.
 
     Attributes:
-        name: the model's name (a catalog key, or the weights file's stem).
+        name: the model's name (its bundle folder's name, or the weights file's stem).
         weights: the state-dict file.
         in_channels: network input channels: 1 (grey), 3 (RGB, or 2.5D with ``context`` 1).
         out_channels: 1 for a binary model (sigmoid), K >= 2 for K classes with background first.
@@ -47,9 +50,14 @@ class ModelSpec:
         context: 2.5D: neighbouring slices on each side given as extra channels.
         threshold: foreground probability cut for binary models.
         largest_component: keep only each class's largest connected piece of the label map.
+        axcodes: the orientation the model was trained in (nibabel axis codes, e.g. ``RAS``): volumes are
+            reoriented to it before inference and the labels back after; None: used as given (2D frames).
+        pixdim: the voxel size in mm the model was trained at, (X, Y, Z): volumes are resampled to it
+            before inference and the labels back to the input grid after; None: used as given.
         segments: a named set of :data:`SEGMENT_SETS`, or a list of :class:`SegmentInfo` dicts.
         description: free text for people.
-        extra: the catalog entry's other keys (validation figures, provenance), kept as they are.
+        extra: the spec file's other keys (the weights' licence), kept as they are.
+        bundle: the bundle folder the model came from (None for a bare weights file).
     """
 
     name: str
@@ -63,26 +71,33 @@ class ModelSpec:
     context: int = 0  # 2.5D: neighbouring slices on each side given as channels
     threshold: float = 0.5
     largest_component: bool = False  # keep only each class's largest connected piece of the label map
+    axcodes: str | None = None  # trained orientation (e.g. "RAS"); None: as given
+    pixdim: tuple[float, float, float] | None = None  # trained voxel size in mm; None: as given
     segments: str | list = "polyp"  # a named set of SEGMENT_SETS, or a list of SegmentInfo dicts
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    bundle: Path | None = None
 
     @classmethod
-    def from_dict(cls, name: str, d: dict[str, Any], models_dir: Path) -> ModelSpec:
-        """A spec from a catalog entry.
+    def from_dict(cls, name: str, d: dict[str, Any], models_dir: Path, bundle: Path | None = None) -> ModelSpec:
+        """A spec from a ``model.json`` (or a weights file's ``.json`` sidecar).
 
         Args:
             name: the model's name.
-            d: the entry; ``weights`` (required) is relative to ``models_dir``, unknown keys go to ``extra``.
+            d: the spec; ``weights`` (required) is relative to ``models_dir``, unknown keys go to ``extra``.
             models_dir: the folder the weights file lies in.
+            bundle: the bundle folder, when the spec is a bundle's.
 
         Raises:
             KeyError: ``d`` has no ``weights``.
         """
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k not in ("name", "weights")}
+        own = ("name", "weights", "bundle", "extra")
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k not in own}
         extra = {k: v for k, v in d.items() if k not in cls.__dataclass_fields__}
         known["roi_size"] = tuple(known.get("roi_size", (256, 256)))
-        return cls(name=name, weights=models_dir / d["weights"], extra=extra, **known)
+        if known.get("pixdim") is not None:
+            known["pixdim"] = tuple(float(v) for v in known["pixdim"])
+        return cls(name=name, weights=models_dir / d["weights"], extra=extra, bundle=bundle, **known)
 
     def segment_infos(self) -> list[SegmentInfo]:
         """Names, colours and codes of the label values this model writes.
@@ -97,38 +112,46 @@ class ModelSpec:
         return segments_from_dicts(self.segments)
 
 
-def read_catalog(models_dir: Path | None = None) -> dict[str, ModelSpec]:
-    """Every model of a ``catalog.json``, by name.
+def read_bundle(bundle: Path) -> ModelSpec:
+    """The model of one bundle folder, named after the folder.
 
     Args:
-        models_dir: folder of ``catalog.json`` and the weights; default the bundle's ``models/``.
+        bundle: a bundle folder (``models/model.json`` and the weights it names under ``models/``).
 
     Raises:
-        FileNotFoundError: there is no ``catalog.json`` in ``models_dir``.
+        FileNotFoundError: ``bundle`` has no ``models/model.json``.
     """
-    models_dir = paths.models_dir() if models_dir is None else models_dir
-    data = json.loads((models_dir / paths.CATALOG_NAME).read_text())
-    return {name: ModelSpec.from_dict(name, d, models_dir) for name, d in data["models"].items()}
+    bundle = Path(bundle).expanduser().resolve()
+    spec_file = bundle / "models" / paths.MODEL_SPEC_NAME
+    if not spec_file.is_file():
+        raise FileNotFoundError(
+            f"{bundle} is not a DoubleU-Net bundle: no models/{paths.MODEL_SPEC_NAME} (a bundle's configs find their "
+            "folder through bundle_root: run from the bundle folder, or pass --bundle_root <folder>)"
+        )
+    return ModelSpec.from_dict(bundle.name, json.loads(spec_file.read_text()), spec_file.parent, bundle)
 
 
-def default_model_name(models_dir: Path | None = None) -> str:
-    """The catalog's ``default`` model name (the bundle's is ``polyp``).
+def read_catalog(root: Path | None = None) -> dict[str, ModelSpec]:
+    """Every shipped model, by name: one per bundle folder in ``root``.
+
+    Args:
+        root: the bundles root; default :func:`doubleunet_segment.paths.bundles_root`.
 
     Raises:
-        FileNotFoundError: there is no ``catalog.json`` in ``models_dir``.
+        FileNotFoundError: no bundles root was found.
     """
-    models_dir = paths.models_dir() if models_dir is None else models_dir
-    return json.loads((models_dir / paths.CATALOG_NAME).read_text())["default"]
+    root = paths.bundles_root() if root is None else root
+    return {name: read_bundle(root / name) for name in paths.bundle_names(root)}
 
 
 def resolve_model(choice: str | None) -> ModelSpec:
-    """A shipped model's name, a bundle folder (its catalog's default model) or a ``.pt`` weights file.
+    """A shipped model's name, a bundle folder or a ``.pt`` weights file.
 
     A bare weights file gets the default model's spec: it is assumed to be a retrained polyp model
     unless a ``<file>.json`` spec sits beside it.
 
     Args:
-        choice: the model name, folder or file; None for the bundle's default model.
+        choice: the model name, folder or file; None for :data:`DEFAULT_MODEL`.
 
     Returns:
         The spec; its weights file is not opened here.
@@ -138,23 +161,20 @@ def resolve_model(choice: str | None) -> ModelSpec:
     """
     catalog = read_catalog()
     if choice is None:
-        return catalog[default_model_name()]
+        return catalog[DEFAULT_MODEL]
     if choice in catalog:
         return catalog[choice]
     path = Path(choice).expanduser()
     if path.is_dir():
-        models_dir = path / "models" if (path / "models" / paths.CATALOG_NAME).is_file() else path
-        if not (models_dir / paths.CATALOG_NAME).is_file():
-            raise FileNotFoundError(f"{path} is not a DoubleU-Net bundle: no models/{paths.CATALOG_NAME}")
-        return read_catalog(models_dir)[default_model_name(models_dir)]
+        return read_bundle(path)
     if path.is_file():
         sidecar = path.with_suffix(".json")
         if sidecar.is_file():
             return ModelSpec.from_dict(
                 path.stem, {**json.loads(sidecar.read_text()), "weights": path.name}, path.parent
             )
-        base = catalog[default_model_name()]
-        return ModelSpec(**{**base.__dict__, "name": path.stem, "weights": path})
+        base = catalog[DEFAULT_MODEL]
+        return ModelSpec(**{**base.__dict__, "name": path.stem, "weights": path, "bundle": None})
     raise FileNotFoundError(
         f"unknown model {choice!r}: not one of {sorted(catalog)}, nor a bundle folder or weights file"
     )

@@ -1,12 +1,14 @@
 """Every location the package reads or writes, and the environment variables that move them, defined once.
 
-- The **bundle root** holds ``configs/`` and ``models/`` (catalog and weights). In a source checkout it is
-  ``monai_bundle/``; an installed wheel carries a copy inside the package (``doubleunet_segment/bundle/``,
-  see ``setup.py``); ``$DOUBLEUNET_BUNDLE`` points at any other bundle folder, as it does for the 3D Slicer
+- The **bundles root** holds one MONAI bundle per shipped model (``polyp/``, ``hippocampus/``), each with
+  ``configs/`` (metadata, train, evaluate and inference configs, datalist), ``models/`` (``model.json``, the
+  model's spec, and its weights), ``docs/`` and ``large_files.yml``. In a source checkout it is
+  ``monai_bundle/``; an installed wheel carries a copy inside the package (``doubleunet_segment/bundles/``,
+  see ``setup.py``); ``$DOUBLEUNET_BUNDLES`` points at any other such folder, as it does for the 3D Slicer
   extension.
 - The **sample data** (Kvasir-SEG, MSD hippocampus, ...) is never copied into the repository: it is read from
   ``$DOUBLEUNET_SAMPLES``, by default ``../shared/data`` beside the checkout.
-- The bundle's **large_files.yml** (MONAI model-zoo format) lists its weight files with their sha256 and
+- A bundle's **large_files.yml** (MONAI model-zoo format) lists its weight files with their sha256 and
   download location; loading a listed file checks its hash (:mod:`doubleunet_segment.networks.weights`).
 - The **cache** keeps per-weights decisions and exported ONNX models: ``$DOUBLEUNET_CACHE``, by default
   ``$XDG_CACHE_HOME/doubleunet-segment`` (``~/.cache/doubleunet-segment``).
@@ -20,77 +22,68 @@ import os
 from pathlib import Path
 
 __all__ = [
-    "BUNDLE_ENV",
+    "BUNDLES_ENV",
     "CACHE_ENV",
-    "CATALOG_NAME",
     "LARGE_FILES_NAME",
+    "MODEL_SPEC_NAME",
     "SAMPLES_ENV",
-    "bundle_root",
+    "bundle_dir",
+    "bundle_names",
+    "bundles_root",
     "cache_dir",
-    "catalog_path",
-    "configs_dir",
-    "is_bundle_root",
-    "large_files_path",
-    "models_dir",
+    "is_bundle",
     "sample_data",
 ]
 
-BUNDLE_ENV = "DOUBLEUNET_BUNDLE"
+BUNDLES_ENV = "DOUBLEUNET_BUNDLES"
 SAMPLES_ENV = "DOUBLEUNET_SAMPLES"
 CACHE_ENV = "DOUBLEUNET_CACHE"
-CATALOG_NAME = "catalog.json"
+MODEL_SPEC_NAME = "model.json"  # <bundle>/models/model.json: the model's spec (see doubleunet_segment.catalog)
 LARGE_FILES_NAME = "large_files.yml"
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-SOURCE_BUNDLE = PACKAGE_DIR.parent  # monai_bundle/ of a source checkout (or site-packages/ once installed)
-INSTALLED_BUNDLE = PACKAGE_DIR / "bundle"  # the copy a wheel carries (setup.py's build step writes it)
+SOURCE_BUNDLES = PACKAGE_DIR.parent  # monai_bundle/ of a source checkout (or site-packages/ once installed)
+INSTALLED_BUNDLES = PACKAGE_DIR / "bundles"  # the copy a wheel carries (setup.py's build step writes it)
 
 
-def is_bundle_root(path: Path) -> bool:
-    """True for a folder with a model catalog, ``models/catalog.json``."""
-    return (path / "models" / CATALOG_NAME).is_file()
+def is_bundle(path: Path) -> bool:
+    """True for a DoubleU-Net bundle folder: one with ``models/model.json`` and ``configs/metadata.json``."""
+    return (path / "models" / MODEL_SPEC_NAME).is_file() and (path / "configs" / "metadata.json").is_file()
 
 
-def bundle_root() -> Path:
-    """The bundle folder: ``$DOUBLEUNET_BUNDLE``, the source checkout's ``monai_bundle/``, or the wheel's copy.
+def bundle_names(root: Path) -> list[str]:
+    """The bundle folders directly inside ``root``, sorted by name (empty when ``root`` does not exist)."""
+    return sorted(p.name for p in root.iterdir() if is_bundle(p)) if root.is_dir() else []
+
+
+def bundles_root() -> Path:
+    """The folder of the shipped bundles: ``$DOUBLEUNET_BUNDLES``, the checkout's ``monai_bundle/``, or the
+    wheel's copy.
 
     Raises:
-        FileNotFoundError: ``$DOUBLEUNET_BUNDLE`` names a folder without ``models/catalog.json``, or no
-            bundle was found at all (a broken install).
+        FileNotFoundError: ``$DOUBLEUNET_BUNDLES`` names a folder without any bundle, or no bundle was found
+            at all (a broken install).
     """
-    override = os.environ.get(BUNDLE_ENV)
+    override = os.environ.get(BUNDLES_ENV)
     if override:
         root = Path(override).expanduser().resolve()
-        if not is_bundle_root(root):
-            raise FileNotFoundError(f"${BUNDLE_ENV}={override} is not a DoubleU-Net bundle: no models/{CATALOG_NAME}")
+        if not bundle_names(root):
+            raise FileNotFoundError(
+                f"${BUNDLES_ENV}={override} holds no DoubleU-Net bundle (a folder with models/{MODEL_SPEC_NAME})"
+            )
         return root
-    for root in (SOURCE_BUNDLE, INSTALLED_BUNDLE):
-        if is_bundle_root(root):
+    for root in (SOURCE_BUNDLES, INSTALLED_BUNDLES):
+        if bundle_names(root):
             return root
     raise FileNotFoundError(
-        f"no DoubleU-Net bundle found (looked in {SOURCE_BUNDLE} and {INSTALLED_BUNDLE}); "
-        f"set {BUNDLE_ENV} to a bundle folder or reinstall the package"
+        f"no DoubleU-Net bundles found (looked in {SOURCE_BUNDLES} and {INSTALLED_BUNDLES}); "
+        f"set {BUNDLES_ENV} to their folder or reinstall the package"
     )
 
 
-def models_dir() -> Path:
-    """``<bundle>/models``: the catalog and the shipped weights."""
-    return bundle_root() / "models"
-
-
-def configs_dir() -> Path:
-    """``<bundle>/configs``: the MONAI bundle configs and datalists."""
-    return bundle_root() / "configs"
-
-
-def catalog_path() -> Path:
-    """``<bundle>/models/catalog.json``: the shipped models' specs (see :mod:`doubleunet_segment.catalog`)."""
-    return models_dir() / CATALOG_NAME
-
-
-def large_files_path() -> Path:
-    """``<bundle>/large_files.yml``: the shipped weight files' paths, download URLs and sha256 hashes."""
-    return bundle_root() / LARGE_FILES_NAME
+def bundle_dir(name: str) -> Path:
+    """``<bundles root>/<name>``: the bundle of shipped model ``name`` (it may not exist; callers check)."""
+    return bundles_root() / name
 
 
 def sample_data() -> Path:
@@ -101,7 +94,7 @@ def sample_data() -> Path:
     override = os.environ.get(SAMPLES_ENV)
     if override:
         return Path(override).expanduser()
-    return SOURCE_BUNDLE.parent.parent / "shared" / "data"
+    return SOURCE_BUNDLES.parent.parent / "shared" / "data"
 
 
 def cache_dir() -> Path:

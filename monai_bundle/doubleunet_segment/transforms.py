@@ -149,21 +149,31 @@ class Normalized(MapTransform):
         keys: the channel-first images to normalise.
         method: one of :data:`NORMALIZATIONS`.
         allow_missing_keys: skip keys absent from the data instead of raising.
+        each_slice_key: a data key that, when true, says the slices along Z are separate pictures (a cine
+            loop without patient geometry): each is then normalised on its own (:func:`normalize_each_slice`).
 
     Raises:
         ValueError: ``method`` is unknown.
     """
 
-    def __init__(self, keys: Sequence[Hashable], method: str, allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: Sequence[Hashable],
+        method: str,
+        allow_missing_keys: bool = False,
+        each_slice_key: str | None = None,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.normalize = Normalize(method)
+        self.each_slice_key = each_slice_key
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         """A copy of ``data`` with each key's (C, ...) image normalised (a MetaTensor keeps its metadata)."""
         d = dict(data)
+        each_slice = bool(self.each_slice_key and d.get(self.each_slice_key))
         for key in self.key_iterator(d):
             img = d[key]
-            out = self.normalize(img)
+            out = normalize_each_slice(img, self.normalize) if each_slice else self.normalize(img)
             if hasattr(img, "copy_meta_from"):
                 img = img.clone().float()
                 img.data = out  # keep affine and filename for the savers downstream

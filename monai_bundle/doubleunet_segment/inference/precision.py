@@ -171,14 +171,13 @@ class DecisionCache:
 def validation_images(spec: ModelSpec, n: int = VALIDATION_IMAGES) -> list[np.ndarray]:
     """Up to ``n`` of the model's validation images as (C, X, Y, Z) arrays; volumes give their middle slices.
 
-    Found through ``spec.extra['datalist']`` or ``configs/datalist_<segments>.json`` and the sample
-    data folder; an empty list (no data here) makes :func:`choose_precision` keep float32.
+    Found through the model's bundle (``configs/datalist.json``) and the sample data folder; an empty list
+    (a bare weights file, no data here) makes :func:`choose_precision` keep float32.
     """
     from ..data.datalist import is_volume, load_items
     from ..data.image_io import read_image_2d, read_volume_file
 
-    name = spec.extra.get("datalist") or (f"datalist_{spec.segments}.json" if isinstance(spec.segments, str) else None)
-    datalist = paths.configs_dir() / name if name else None
+    datalist = spec.bundle / "configs" / "datalist.json" if spec.bundle is not None else None
     data_dir = paths.sample_data()
     if datalist is None or not datalist.is_file() or not data_dir.is_dir():
         return []

@@ -24,8 +24,11 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from .. import __version__
 from ..catalog import ModelSpec
@@ -36,6 +39,7 @@ from ..data.nifti_io import write_nifti
 from ..data.overlay import blend, mask_png, orthogonal_views, save_png
 from . import protocol
 from .batching import prefetch
+from .geometry import ModelGrid
 from .predictor import Prediction, Predictor
 from .progress import Reporter
 
@@ -46,7 +50,9 @@ __all__ = [
     "label_rule",
     "log_summary",
     "exit_if_failed",
+    "failure_message",
     "parse_formats",
+    "planned_outputs",
     "run_case",
     "segment_cases",
     "segment_inputs",
@@ -59,18 +65,20 @@ logger = logging.getLogger(__name__)
 FORMATS = ("nifti", "dicom-seg", "png", "seg-nrrd")
 
 
-def parse_formats(text: str | None) -> set[str]:
+def parse_formats(text: str | Sequence[str] | None) -> set[str]:
     """The output formats of ``--format``.
 
     Args:
-        text: comma-separated names from :data:`FORMATS`, or None for all of them.
+        text: comma-separated names from :data:`FORMATS` (or a list of them: ``monai.bundle run --formats a,b``
+            hands over a tuple), or None for all of them.
 
     Raises:
         ValueError: an unknown name, or none at all.
     """
     if text is None:
         return set(FORMATS)
-    chosen = {f.strip() for f in text.split(",") if f.strip()}
+    names = text.split(",") if isinstance(text, str) else [str(t) for t in text]
+    chosen = {f.strip() for f in names if f.strip()}
     unknown = chosen - set(FORMATS)
     if unknown or not chosen:
         raise ValueError(f"unknown --format {sorted(unknown)}; choose from {', '.join(FORMATS)}")
@@ -100,7 +108,7 @@ class CaseResult:
     message: str = ""
 
 
-def _planned_outputs(
+def planned_outputs(
     case_dir: Path, volume: Volume, formats: set[str], save_probs: bool
 ) -> tuple[dict[str, Path], list[str]]:
     """Every output of a case, decided before any is written, and notes on formats that do not apply.
@@ -225,7 +233,7 @@ def write_outputs(
         volume: the input, its ``array`` (C, X, Y, Z) and ``affine`` (4x4, RAS mm) giving the output grid.
         seg: the prediction, ``labels`` (X, Y, Z) on the input's grid.
         spec: the model (segment names, colours and codes; threshold).
-        planned: kind -> path, as planned for the case (see ``_planned_outputs``); must hold ``segments``.
+        planned: kind -> path, as planned for the case (see :func:`planned_outputs`); must hold ``segments``.
         overwrite: replace existing files.
         rule: the labelling rule ``segments.json`` records (default: :func:`label_rule` of ``spec``).
 
@@ -331,21 +339,29 @@ def run_case(
     case_dir = args.output / case.name
     try:
         volume = case.load()
-        planned, plan_notes = _planned_outputs(case_dir, volume, formats, args.save_probabilities)
+        planned, plan_notes = planned_outputs(case_dir, volume, formats, args.save_probabilities)
         for note in volume.warnings + plan_notes:
             reporter.event(event=protocol.NOTE, case=case.name, message=note)
         for path in planned.values():
             refuse_overwrite(path, args.overwrite)
-        axis = predictor.slice_axis_for(volume.array)
-        n = volume.array.shape[axis + 1]
+        # the model's orientation and voxel size (a spec without them: the volume as given)
+        grid = ModelGrid(predictor.spec)
+        moved = grid.to_model(volume.array, volume.affine) if grid.active else None
+        array = np.asarray(moved["image"]) if moved is not None else volume.array
+        axis = predictor.slice_axis_for(array)
+        n = array.shape[axis + 1]
         reporter.start_case(case, n)
         seg = predictor.segment(
-            volume.array,
+            array,
             lambda done, total: reporter.progress(case, done, total),
             args.save_probabilities,
             # frames without patient geometry (a cine loop) are separate pictures, each normalised alone
             independent_slices=bool(volume.series is not None and volume.series.independent_frames),
         )
+        if moved is not None:
+            seg.labels = grid.labels_back(moved, seg.labels)
+            if seg.probabilities is not None:
+                seg.probabilities = grid.back(moved, seg.probabilities)
         for note in seg.notes + ([f"{seg.skipped} empty slice(s) labelled background"] if seg.skipped else []):
             reporter.event(event=protocol.NOTE, case=case.name, message=note)
         rule = label_rule(predictor.spec, getattr(predictor, "postprocessing", None))
@@ -354,10 +370,10 @@ def run_case(
         voxels = int((seg.labels > 0).sum())
         return CaseResult(case, True, time.monotonic() - start, n, voxels, {k: str(v) for k, v in planned.items()})
     except Exception as err:  # one bad case must not stop the batch
-        return CaseResult(case, False, time.monotonic() - start, message=_failure_message(err, case))
+        return CaseResult(case, False, time.monotonic() - start, message=failure_message(err, case))
 
 
-def _failure_message(err: Exception, case: Case) -> str:
+def failure_message(err: Exception, case: Case) -> str:
     """``ExceptionType: message`` for the summary, naming the input and, for an existing output, ``--overwrite``.
 
     The library's message says ``overwrite=True`` (right for a Python caller); the runner serves the command

@@ -127,8 +127,8 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
     """
     if not path.is_file():
         raise FileNotFoundError(
-            f"model weights not found: {path}. Train one with `python -m monai.bundle run training "
-            "--config_file monai_bundle/configs/train.json` or pass --model PATH."
+            f"model weights not found: {path}. Train one in a bundle folder (monai_bundle/<model>) with "
+            "`python -m monai.bundle run training --config_file configs/train.json` or pass --model PATH."
         )
     verify_listed(path)
     try:

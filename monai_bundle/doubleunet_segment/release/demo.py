@@ -28,11 +28,11 @@ from ..training.evaluation import case_metrics
 
 __all__ = ["main", "polyp_grid", "pydicom_samples", "validation_items"]
 
-REPO = paths.SOURCE_BUNDLE.parent
+REPO = paths.SOURCE_BUNDLES.parent
 
 
 def validation_items(name: str, samples: Path, dataset: str, count: int) -> list[dict]:
-    """The first ``count`` validation items of ``configs/datalist_<name>.json`` from ``dataset``.
+    """The first ``count`` validation items of bundle ``name``'s ``configs/datalist.json`` from ``dataset``.
 
     Returns:
         ``{"image": path, "label": path}`` dicts, absolute under ``samples``.
@@ -40,7 +40,7 @@ def validation_items(name: str, samples: Path, dataset: str, count: int) -> list
     Raises:
         FileNotFoundError: the datalist does not exist.
     """
-    datalist = json.loads((paths.configs_dir() / f"datalist_{name}.json").read_text())
+    datalist = json.loads((paths.bundle_dir(name) / "configs" / "datalist.json").read_text())
     items = [d for d in datalist["validation"] if d.get("dataset", dataset) == dataset]
     return [{k: str(samples / v) for k, v in d.items() if k in ("image", "label")} for d in items[:count]]
 

@@ -139,7 +139,7 @@ def validation_figure(name: str, samples: Path, out_png: Path, count: int = 4) -
         ``out_png``.
 
     Raises:
-        KeyError: ``name`` is not in the catalog.
+        KeyError: ``name`` is not a shipped model.
         FileNotFoundError: the model's weights, datalist or a sample file is missing.
     """
     import json
@@ -154,7 +154,7 @@ def validation_figure(name: str, samples: Path, out_png: Path, count: int = 4) -
     spec = read_catalog()[name]
     segs = spec.segment_infos()
     predictor = Predictor(spec, device="auto")
-    datalist = json.loads((paths.configs_dir() / f"datalist_{name}.json").read_text())["validation"]
+    datalist = json.loads((spec.bundle / "configs" / "datalist.json").read_text())["validation"]
     rows = []
     if name == "polyp":
         from PIL import Image

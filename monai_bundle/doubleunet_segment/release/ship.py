@@ -1,13 +1,14 @@
-"""Promote a training run's best model to the shipped weights, only if it beats what ships now.
+"""Promote a training run's best model to the shipped weights, only if it clearly beats what ships now.
 
-The candidate is stored in half precision (58.6 MB instead of 117 MB) only if its validation Dice equals
-the float32 model's to three decimals; it replaces ``models/<weights>`` only if its mean validation Dice is
-higher than the shipped model's. Each model is evaluated the way it runs: at its own slice axis and size (the
-shipped one from the catalog, the candidate from the configs and overrides), with the catalog's post-processing.
-Shipping writes the candidate's slice axis and size into the catalog and its figures (overall and per dataset
-folder) to ``models/<name>.metrics.json`` for the model card, and the new file's sha256 into ``large_files.yml``
-(which the loader checks shipped files against). Shipping the default model also refreshes its float32 TorchScript
-export (``models/model.ts``, which git ignores: ``make export`` builds it), so a local export never lags the weights.
+The candidate is stored in half precision (58.6 MB instead of 117 MB) only if its validation Dice equals the
+float32 model's to three decimals; it replaces the bundle's ``models/model.pt`` only if its mean validation Dice
+is at least :data:`MIN_DICE_GAIN` (0.01) higher than the shipped model's. Each model is evaluated the way it
+runs: at its own slice axis and size (the shipped one from its bundle's ``models/model.json``, the candidate from
+the configs and overrides), with the shipped post-processing. Shipping writes the candidate's slice axis and
+size into ``models/model.json``, its figures (overall and per dataset folder) to ``models/metrics.json`` for the
+model card, and the new file's sha256 into the bundle's ``large_files.yml`` (which the loader checks shipped
+files against). Shipping also refreshes the bundle's float32 TorchScript export (``models/model.ts``, which git
+ignores: ``make export`` builds it), so a local export never lags the weights.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import yaml
 from monai.bundle import ConfigParser
 
 from .. import __version__, paths
-from ..catalog import ModelSpec, default_model_name, read_catalog
+from ..catalog import ModelSpec, read_catalog
 from ..data.atomic import atomic_path, atomic_write_text
 from ..networks.weights import file_digest, load_state, stored_in_float16
 from .torchscript_export import export_torchscript
@@ -48,10 +49,12 @@ __all__ = [
     "release_url",
     "shipped_geometry",
     "summarise",
-    "update_catalog_geometry",
+    "update_spec_geometry",
 ]
 
 FIGURES = ("dice", "iou", "precision", "recall", "hd95", "volume_diff_ml")
+# Every weights file committed stays in the history for good (58.6 MB each): a new one ships only for a clear gain.
+MIN_DICE_GAIN = 0.01
 GEOMETRY = {"slice_axis": "slice_axis", "image_size": "roi_size"}  # config key -> catalog key
 RELEASES_URL = "https://github.com/doubleunet-segment/DoubleUNetSegment/releases/download"
 LARGE_FILES_HEADER = """\
@@ -104,7 +107,7 @@ def candidate_geometry(configs: list[str], overrides: list[str]) -> dict:
 
 
 def shipped_geometry(spec: ModelSpec, keys: dict) -> dict:
-    """The catalog's slice axis and size for ``spec``, under the config keys present in ``keys``."""
+    """The shipped slice axis and size of ``spec``, under the config keys present in ``keys``."""
     values = {"slice_axis": spec.slice_axis, "image_size": list(spec.roi_size)}
     return {k: values[k] for k in keys}
 
@@ -115,23 +118,23 @@ def as_overrides(values: dict) -> list[str]:
 
 
 def evaluation_overrides(overrides: list[str], geometry: dict, spec: ModelSpec) -> list[str]:
-    """The user's overrides with ``geometry`` in place of theirs, plus the catalog's post-processing."""
+    """The user's overrides with ``geometry`` in place of theirs, plus the shipped model's post-processing."""
     kept = {k: v for k, v in parse_overrides(overrides).items() if k not in GEOMETRY}
     if spec.largest_component:
         kept["largest_component"] = True
     return as_overrides({**kept, **geometry})
 
 
-def update_catalog_geometry(models_dir: Path, name: str, geometry: dict) -> None:
-    """Write ``geometry`` (config keys) into model ``name`` of ``models_dir/catalog.json``, atomically.
+def update_spec_geometry(bundle: Path, geometry: dict) -> None:
+    """Write ``geometry`` (config keys) into the bundle's ``models/model.json``, atomically.
 
     Raises:
-        KeyError: the catalog has no model ``name``.
+        FileNotFoundError: the bundle has no ``models/model.json``.
     """
-    path = models_dir / paths.CATALOG_NAME
-    catalog = json.loads(path.read_text())
-    catalog["models"][name].update({GEOMETRY[k]: v for k, v in geometry.items()})
-    atomic_write_text(path, json.dumps(catalog, indent=2) + "\n", overwrite=True)
+    path = bundle / "models" / paths.MODEL_SPEC_NAME
+    spec = json.loads(path.read_text())
+    spec.update({GEOMETRY[k]: v for k, v in geometry.items()})
+    atomic_write_text(path, json.dumps(spec, indent=2) + "\n", overwrite=True)
 
 
 def half_precision(src: Path, dst: Path) -> Path:
@@ -149,13 +152,14 @@ def half_precision(src: Path, dst: Path) -> Path:
 
 
 def release_url(root: Path, weights: Path) -> str:
-    """Where ``weights`` will be downloadable: an asset of the GitHub release of the bundle's version.
+    """Where ``weights`` will be downloadable: an asset of the GitHub release of the bundle's version, named
+    ``<bundle>-<file>`` (every bundle's weights are ``model.pt``).
 
     The version is ``root/configs/metadata.json``'s (the package's when the bundle has none).
     """
     metadata = root / "configs" / "metadata.json"
     version = json.loads(metadata.read_text())["version"] if metadata.is_file() else __version__
-    return f"{RELEASES_URL}/v{version}/{weights.name}"
+    return f"{RELEASES_URL}/v{version}/{root.name}-{weights.name}"  # one release carries every bundle
 
 
 def record_large_file(root: Path, weights: Path) -> Path:
@@ -223,6 +227,7 @@ def evaluate(configs: list[str], ckpt: Path, out: Path, overrides: list[str]) ->
     """
     cmd = [sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file", str(configs)]
     cmd += ["--ckpt_path", str(ckpt), "--output_dir", str(out), *overrides]
+    cmd += ["--bundle_root", str(Path(configs[0]).parent.parent)]  # the configs' own bundle, from any folder
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     rows = list(csv.DictReader((out / "per_case.csv").open()))
     return summarise(rows)
@@ -264,15 +269,19 @@ def main(argv: list[str] | None = None) -> int:
     """
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("run", type=Path, help="training output folder (holds models/model.pt)")
-    parser.add_argument("--name", required=True, help="shipped model name in models/catalog.json")
+    parser.add_argument("--name", required=True, help="shipped model (bundle) name, e.g. polyp")
     parser.add_argument("--config", action="append", default=[], help="extra config over train.json (repeatable)")
     parser.add_argument(
         "overrides", nargs=argparse.REMAINDER, help="bundle overrides after --, e.g. --image_size [128,128]"
     )
     args = parser.parse_args(argv)
     overrides = [o for o in args.overrides if o != "--"]
-    configs = [str(paths.configs_dir() / "train.json"), *args.config, str(paths.configs_dir() / "evaluate.json")]
     spec = read_catalog()[args.name]
+    configs = [
+        str(spec.bundle / "configs" / "train.json"),
+        *args.config,
+        str(spec.bundle / "configs" / "evaluate.json"),
+    ]
     try:
         geometry = candidate_geometry(configs, overrides)
     except ValueError as err:
@@ -292,17 +301,16 @@ def main(argv: list[str] | None = None) -> int:
             current = shipped_geometry(spec, geometry)
             shipped = evaluate(configs, spec.weights, tmp / "shipped", evaluation_overrides(overrides, current, spec))
             print(f"shipped {current}: mean Dice {shipped['mean_dice']:.4f}")
-            if shipped["mean_dice"] >= half_fig["mean_dice"]:
-                print("the shipped model is as good or better: kept")
+            if half_fig["mean_dice"] < shipped["mean_dice"] + MIN_DICE_GAIN:
+                print(f"the candidate does not beat the shipped model by {MIN_DICE_GAIN} Dice: shipped model kept")
                 return 1
-        install_weights(half, spec.weights, paths.bundle_root())
-    update_catalog_geometry(spec.weights.parent, args.name, geometry)
+        install_weights(half, spec.weights, spec.bundle)
+    update_spec_geometry(spec.bundle, geometry)
     record = {"source_run": str(args.run), "overrides": candidate, "fp32_mean_dice": full_fig["mean_dice"], **half_fig}
-    metrics = spec.weights.with_name(f"{args.name}.metrics.json")
+    metrics = spec.weights.with_name("metrics.json")
     atomic_write_text(metrics, json.dumps(record, indent=1) + "\n", overwrite=True)
     print(f"shipped {spec.weights} ({spec.weights.stat().st_size / 1e6:.1f} MB); figures in {metrics}")
-    if args.name == default_model_name():
-        print(f"TorchScript export refreshed: {export_torchscript(args.name)}")
+    print(f"TorchScript export refreshed: {export_torchscript(args.name)}")
     return 0
 
 

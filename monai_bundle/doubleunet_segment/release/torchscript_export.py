@@ -14,8 +14,7 @@ from pathlib import Path
 
 from monai.bundle import ckpt_export
 
-from .. import paths
-from ..catalog import default_model_name, read_catalog
+from ..catalog import DEFAULT_MODEL, read_catalog
 from ..data.atomic import atomic_path
 from ..networks.weights import verify_listed
 
@@ -26,17 +25,18 @@ def export_torchscript(name: str, target: Path | None = None) -> Path:
     """Export the shipped model ``name`` next to its weights (``model.pt`` -> ``model.ts``) or to ``target``.
 
     Args:
-        name: a model of the catalog.
+        name: a shipped model (its bundle's configs drive the export).
         target: the ``.ts`` file; default the weights file with the suffix ``.ts``.
 
     Returns:
         The file written (atomically), float32.
 
     Raises:
-        KeyError: ``name`` is not in the catalog.
+        KeyError: ``name`` is not a shipped model.
         WeightsHashError: the shipped weights file is damaged (its hash is not the one in ``large_files.yml``).
     """
-    weights = read_catalog()[name].weights
+    spec = read_catalog()[name]
+    weights = spec.weights
     verify_listed(weights)  # ckpt_export reads the file itself, past load_state's check
     target = target or weights.with_suffix(".ts")
     with atomic_path(target, overwrite=True) as tmp:
@@ -44,9 +44,9 @@ def export_torchscript(name: str, target: Path | None = None) -> Path:
             net_id="network_def",
             filepath=str(tmp),
             ckpt_file=str(weights),
-            meta_file=str(paths.configs_dir() / "metadata.json"),
-            config_file=str(paths.configs_dir() / "inference.json"),
-            model=name,
+            meta_file=str(spec.bundle / "configs" / "metadata.json"),
+            config_file=str(spec.bundle / "configs" / "inference.json"),
+            bundle_root=str(spec.bundle),
         )
     return target
 
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m doubleunet_segment.release.torchscript_export``: export and print the file written."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
-        "--model", default=default_model_name(), choices=sorted(read_catalog()), help="shipped model to export"
+        "--model", default=DEFAULT_MODEL, choices=sorted(read_catalog()), help="shipped model to export"
     )
     parser.add_argument("-o", "--output", type=Path, help="where to write it (default: beside the weights, .ts)")
     args = parser.parse_args(argv)
