@@ -33,7 +33,7 @@ from DoubleUNetSegmentLib.requirements import (
     torch_version_requirement,
     unmet,
 )
-from DoubleUNetSegmentLib.segment_import import Prediction, plan_import, read_result
+from DoubleUNetSegmentLib.segment_import import Prediction, plan_import, read_result, volumetry_summary
 from DoubleUNetSegmentLib.workspace import make_workspace, remove_workspace, sweep_stale
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -555,8 +555,9 @@ class DoubleUNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 )
                 self.ui.outputSegmentationSelector.setCurrentNode(segmentationNode)
                 notes = f" Notes: {' '.join(run.state.notes)}" if run.state.notes else ""
+                volumes = f"\n{volumetry_summary(result.volumetry)}" if result.volumetry else ""
                 self.ui.statusLabel.text = (
-                    f"{run.state.status}; added {len(ids)} segment(s). Device: {result.device_reason}.{notes}"
+                    f"{run.state.status}; added {len(ids)} segment(s). Device: {result.device_reason}.{notes}{volumes}"
                 )
                 self.ui.progressBar.value = 100
         except Exception as err:

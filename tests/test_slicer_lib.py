@@ -16,6 +16,7 @@ import psutil
 import pytest
 import torch
 from doubleunet_segment.catalog import read_catalog
+from doubleunet_segment.segments import HIPPOCAMPUS_LR_SEGMENTS
 from doubleunet_segment.transforms import ProbabilitiesToLabels, keep_largest_components
 from DoubleUNetSegmentLib import bundle, requirements, segment_import, workspace
 from DoubleUNetSegmentLib.events import RunState, failure_message, parse_line
@@ -142,6 +143,14 @@ def test_terminology_entry_has_slicer_layout() -> None:
     assert len(parts) == 7
     assert parts[1:4] == ["SCT^91723000^Anatomical Structure", "SCT^5366008^Hippocampus", "SCT^255549009^Anterior"]
     assert segment_import.terminology_entry(("1", "SCT", "a"), ("2", "SCT", "b")).split("~")[3] == "^^"
+    assert entry.split("~")[5:] == ["^^", "^^"]  # no laterality: no anatomic region
+    left = segment_import.SegmentInfo.from_dict(HIPPOCAMPUS_LR_SEGMENTS[0].to_dict())
+    assert left.terminology.split("~")[3:] == [
+        "SCT^255549009^Anterior",
+        "Anatomic codes - DICOM master list",
+        "SCT^5366008^Hippocampus",
+        "SCT^7771000^Left",
+    ]
 
 
 def test_bundle_is_found_from_the_module_folder_and_lists_the_catalog(tmp_path: Path) -> None:

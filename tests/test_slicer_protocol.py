@@ -83,7 +83,7 @@ def test_twin_concepts_carry_one_name_and_one_form() -> None:
     assert [f.name for f in dataclasses.fields(segment_import.SegmentInfo)] == [
         f.name for f in dataclasses.fields(segments.SegmentInfo)
     ]
-    for info in segments.HIPPOCAMPUS_SEGMENTS + segments.POLYP_SEGMENTS:
+    for info in segments.HIPPOCAMPUS_SEGMENTS + segments.HIPPOCAMPUS_LR_SEGMENTS + segments.POLYP_SEGMENTS:
         mirrored = segment_import.SegmentInfo.from_dict(info.to_dict())
         assert mirrored.to_dict() == info.to_dict()
         assert mirrored.slicer_color == tuple(c / 255 for c in info.color)

@@ -39,11 +39,13 @@ class SegmentInfo:
     category: Code3
     type: Code3
     type_modifier: Code3 | None = None
+    laterality: Code3 | None = None  # (value, scheme, meaning) of Left or Right (DICOM CID 244), else None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SegmentInfo:
         """One entry of segments.json (the engine's ``SegmentInfo.to_dict``)."""
         modifier = data.get("type_modifier")
+        laterality = data.get("laterality")
         return cls(
             value=int(data["value"]),
             name=str(data["name"]),
@@ -51,6 +53,7 @@ class SegmentInfo:
             category=tuple(str(c) for c in data["category"]),  # type: ignore[arg-type]
             type=tuple(str(c) for c in data["type"]),  # type: ignore[arg-type]
             type_modifier=tuple(str(c) for c in modifier) if modifier else None,  # type: ignore[arg-type]
+            laterality=tuple(str(c) for c in laterality) if laterality else None,  # type: ignore[arg-type]
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -64,6 +67,8 @@ class SegmentInfo:
         }
         if self.type_modifier is not None:
             out["type_modifier"] = list(self.type_modifier)
+        if self.laterality is not None:
+            out["laterality"] = list(self.laterality)
         return out
 
     @property
@@ -74,7 +79,7 @@ class SegmentInfo:
 
     @property
     def terminology(self) -> str:
-        return terminology_entry(self.category, self.type, self.type_modifier)
+        return terminology_entry(self.category, self.type, self.type_modifier, self.laterality)
 
 
 @dataclass
@@ -91,6 +96,28 @@ class Prediction:
     threshold: float | None = None
     largest_component: bool = False  # the engine kept one piece per structure; re-thresholding must too
     voxels: dict[str, int] = field(default_factory=dict)
+    volumetry: dict[str, Any] | None = None  # volumes.json of a whole-head case: volumes, asymmetry, eTIV, qc
+
+
+def volumetry_summary(volumetry: dict[str, Any]) -> str:
+    """The lines the module panel shows for a whole-head case's ``volumes.json``: each side's volume (mL) with
+    its structures, the asymmetry index and % of eTIV when known, and the quality verdict with its reason."""
+    lines = []
+    structures = volumetry.get("structures", {})
+    sides_of = volumetry.get("structure_sides", {})
+    percent = volumetry.get("percent_etiv") or {}
+    for side, ml in volumetry.get("sides", {}).items():
+        parts = ", ".join(f"{name} {structures[name]:.2f}" for name in structures if sides_of.get(name) == side)
+        share = f"; {percent[side]:.3f} % of eTIV" if side in percent else ""
+        lines.append(f"{side.capitalize()} hippocampus: {ml:.2f} mL ({parts}){share}")
+    if volumetry.get("asymmetry_index") is not None:
+        lines.append(f"Asymmetry index (L - R) / mean: {volumetry['asymmetry_index']:+.1f} %")
+    if volumetry.get("etiv_ml") is not None:
+        lines.append(f"eTIV: {volumetry['etiv_ml']:.0f} mL")
+    qc = volumetry.get("qc") or {}
+    if qc:
+        lines.append(f"QC: {qc.get('verdict', '?')}" + (f" ({qc['reason']})" if qc.get("reason") else ""))
+    return "\n".join(lines)
 
 
 def _code(code: Sequence[str] | None) -> str:
@@ -101,10 +128,32 @@ def _code(code: Sequence[str] | None) -> str:
     return f"{scheme}^{value}^{meaning}"
 
 
-def terminology_entry(category: Sequence[str], type_: Sequence[str], type_modifier: Sequence[str] | None = None) -> str:
-    """A serialized Slicer terminology entry: context~category~type~modifier~anatomic context~region~modifier."""
+def terminology_entry(
+    category: Sequence[str],
+    type_: Sequence[str],
+    type_modifier: Sequence[str] | None = None,
+    laterality: Sequence[str] | None = None,
+) -> str:
+    """A serialized Slicer terminology entry: context~category~type~modifier~anatomic context~region~modifier.
+
+    A ``laterality`` makes the structure itself (``type_``) the anatomic region and the side its modifier.
+    Slicer's own DICOM master list puts a hippocampus's side in the type modifier slot, but an entry holds one
+    type modifier and anterior/posterior already takes it; the region slots are where the engine's DICOM SEG
+    carries the side (AnatomicRegionSequence + AnatomicRegionModifierSequence), so a result imported here and the
+    same result loaded from its DICOM SEG through dcmqi get the same entry. "Anatomic codes - DICOM master list"
+    lists Hippocampus with exactly the Left/Right modifiers.
+    """
+    region = type_ if laterality else None
     return "~".join(
-        [TERMINOLOGY_CONTEXT, _code(category), _code(type_), _code(type_modifier), ANATOMIC_CONTEXT, "^^", "^^"]
+        [
+            TERMINOLOGY_CONTEXT,
+            _code(category),
+            _code(type_),
+            _code(type_modifier),
+            ANATOMIC_CONTEXT,
+            _code(region),
+            _code(laterality),
+        ]
     )
 
 
@@ -126,6 +175,9 @@ def read_result(folder: str | Path) -> Prediction:
         threshold=info.get("threshold"),
         largest_component=bool(info.get("largest_component", False)),
         voxels={str(k): int(v) for k, v in info.get("voxels", {}).items()},
+        volumetry=json.loads((folder / files["volumes-json"]).read_text(encoding="utf-8"))
+        if "volumes-json" in files
+        else None,
     )
 
 

@@ -17,7 +17,7 @@ import torch
 from . import paths
 from .networks.doubleunet import DoubleUNet
 from .networks.weights import load_weights
-from .segments import HIPPOCAMPUS_SEGMENTS, POLYP_SEGMENTS, SegmentInfo, segments_from_dicts
+from .segments import HIPPOCAMPUS_LR_SEGMENTS, HIPPOCAMPUS_SEGMENTS, POLYP_SEGMENTS, SegmentInfo, segments_from_dicts
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -30,7 +30,7 @@ __all__ = [
     "resolve_model",
 ]
 
-SEGMENT_SETS = {"polyp": POLYP_SEGMENTS, "hippocampus": HIPPOCAMPUS_SEGMENTS}
+SEGMENT_SETS = {"polyp": POLYP_SEGMENTS, "hippocampus": HIPPOCAMPUS_SEGMENTS, "hippocampus_lr": HIPPOCAMPUS_LR_SEGMENTS}
 DEFAULT_MODEL = "polyp"  # what runs when no --model is given
 
 

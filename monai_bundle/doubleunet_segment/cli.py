@@ -30,12 +30,16 @@ EPILOG = """\
 examples:
   doubleunet-segment ../shared/data/kvasir-seg/images/cju0qoxqj9q6s0835b43399p4.jpg -o out
   doubleunet-segment /data/dicom_studies -o out --model hippocampus --format nifti,dicom-seg
+  doubleunet-segment orig.mgz -o out --model hippocampus --uncertainty   (a whole-head T1: volumetry)
   doubleunet-segment scan.nii.gz -o out --device cuda --tta
 
-outputs per case (OUTDIR/<case>/): segmentation.nii.gz (labels on the input grid), segments.json,
-seg.dcm (DICOM input), mask.png + overlay.png (2D images), views.png (volumes), probabilities.nii.gz
-(--save-probabilities). Exit status: 0 when every case succeeded, 1 when any failed, 2 on bad usage,
-130 when interrupted (Ctrl-C), 143 when terminated (SIGTERM); finished cases are kept.
+outputs per case (OUTDIR/<case>/): segmentation.nii.gz (labels on the input grid), segmentation.seg.nrrd,
+segments.json, seg.dcm (DICOM input), mask.png + overlay.png (2D images), views.png (volumes),
+probabilities.nii.gz (--save-probabilities). A whole-head study with the hippocampus model (--localize) also
+gets left/right labels 1-4, volumes.json + volumes.csv (mL, asymmetry, eTIV, QC verdict), report.png,
+sr.dcm (DICOM input: TID 1500 volumes referencing the SEG), uncertainty.nii.gz (--uncertainty), and the
+batch OUTDIR/volumes_summary.csv. Exit status: 0 when every case succeeded, 1 when any failed, 2 on bad
+usage, 130 when interrupted (Ctrl-C), 143 when terminated (SIGTERM); finished cases are kept.
 """
 
 
@@ -44,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     models = ", ".join(sorted(read_catalog()))
     p = argparse.ArgumentParser(
         prog="doubleunet-segment",
-        description="Segment DICOM studies, NIfTI/NRRD volumes and 2D images with DoubleU-Net.",
+        description="Segment DICOM studies, NIfTI/MGZ/NRRD volumes and 2D images with DoubleU-Net.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -77,6 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--background", type=float, default=None, help="skip threshold (default: the volume's minimum)")
     p.add_argument("--shard", default=None, metavar="R/N", help="segment cases R, R+N, ... (default: torchrun's rank)")
     p.add_argument("--save-probabilities", action="store_true", help="also write probabilities.nii.gz")
+    p.add_argument(
+        "--localize",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="whole-head studies for crop-trained models (hippocampus): register to the MNI152 template, segment a "
+        "box around each hippocampus, report left/right volumes. auto: when the field of view is far larger than "
+        "the training crops",
+    )
+    p.add_argument(
+        "--uncertainty",
+        action="store_true",
+        help="whole-head studies: also write uncertainty.nii.gz, where DoubleU-Net's two stages disagree (0-1)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument(
         "--progress",

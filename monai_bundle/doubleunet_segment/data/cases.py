@@ -18,13 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .datalist import IMAGE_SUFFIXES
+from .datalist import IMAGE_SUFFIXES, VOLUME_SUFFIXES
 from .dicom_io import SeriesRef, find_dicom_series, load_series
 from .image_io import Volume, read_image_2d, read_volume_file
 
 __all__ = ["VOLUME_SUFFIXES", "Case", "discover", "safe_name"]
 
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
 
 # In a folder, files that are plainly not images are passed over without a note: documentation, metadata,
 # checksums, and the .raw/.zraw pixel files that belong to an .mhd header.
@@ -95,7 +94,7 @@ def _parents(folder: Path) -> tuple[str, ...]:
 def _file_case(path: Path) -> _Named:
     """A volume or 2D image file as a case named after the file (without its suffix)."""
     if _has_suffix(path, VOLUME_SUFFIXES):
-        stem = re.sub(r"\.(nii\.gz|nii|nrrd|mha|mhd)$", "", path.name, flags=re.I)
+        stem = next(path.name[: -len(x)] for x in VOLUME_SUFFIXES if path.name.lower().endswith(x))
         case = Case(safe_name(stem), str(path), "volume", lambda p=path: read_volume_file(p))
     else:
         case = Case(safe_name(path.stem), str(path), "image", lambda p=path: read_image_2d(p))

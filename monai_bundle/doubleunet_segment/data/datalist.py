@@ -32,7 +32,8 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
+# .mgz/.mgh: FreeSurfer volumes (a whole-head T1 as FreeSurfer conforms it), read by nibabel
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mgz", ".mgh", ".nrrd", ".mha", ".mhd")
 
 
 def _has_suffix(path: Path, suffixes: tuple[str, ...]) -> bool:

@@ -2,7 +2,8 @@
 
 The SEG references the source instances frame by frame, carries the patient and study of the source, one
 segment per label value present (empty ones are left out, segment numbers renumbered 1..n as DICOM requires)
-and identifies the algorithm as AUTOMATIC / Artificial Intelligence. Source headers are normalised on copies
+and identifies the algorithm as AUTOMATIC / Artificial Intelligence. A segment's laterality (Left/Right) is the
+modifier of its anatomic region (see :func:`_description`). Source headers are normalised on copies
 only (real PACS data has empty SpecificCharacterSet values that highdicom refuses; anonymised data lacks
 Type 2 patient/study attributes, which the SEG then carries empty, as the standard allows); user files are never
 touched. :func:`seg_writable` says up front, from headers only, whether a series can have a SEG. Output is
@@ -23,7 +24,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from ..segments import SegmentInfo, segments_from_dicts
+from ..segments import ANATOMICAL_STRUCTURE, SegmentInfo, segments_from_dicts
 from .atomic import atomic_path
 from .dicom_io import DicomSeries
 
@@ -55,6 +56,26 @@ def _coded(code: tuple[str, str, str]) -> hd.sr.CodedConcept:
 
 
 def _description(number: int, info: SegmentInfo, algorithm: hd.AlgorithmIdentificationSequence):
+    """One item of the SegmentSequence; a lateral segment names its side as the modifier of its anatomic region.
+
+    Laterality goes to AnatomicRegionSequence (the structure itself) + AnatomicRegionModifierSequence (CID 244
+    Left/Right), not to a second SegmentedPropertyTypeModifierCodeSequence item: dcmqi (``segimage2itkimage``,
+    and so 3D Slicer's DICOM SEG import) keeps only the first type modifier, which anterior/posterior already
+    takes, whereas it reads the region and its modifier into the terminology's anatomic region slots, and the
+    DICOM master list of anatomic regions that Slicer uses lists Hippocampus with exactly these Left/Right
+    modifiers.
+
+    Raises:
+        ValueError: ``info`` has a laterality but is no Anatomical Structure, so it has no region to carry it.
+    """
+    regions = None
+    if info.laterality is not None:
+        if info.category[:2] != ANATOMICAL_STRUCTURE[:2]:
+            raise ValueError(
+                f"segment {info.name!r}: laterality is written as the modifier of the segment's anatomic region, "
+                f"which is its type only for an Anatomical Structure, not for category {info.category[2]!r}"
+            )
+        regions = [_coded(info.type)]
     description = hd.seg.SegmentDescription(
         segment_number=number,
         segment_label=info.name,
@@ -62,11 +83,14 @@ def _description(number: int, info: SegmentInfo, algorithm: hd.AlgorithmIdentifi
         segmented_property_type=_coded(info.type),
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm,
+        anatomic_regions=regions,
         display_color=hd.color.CIELabColor.from_rgb(*info.color),
     )
     if info.type_modifier is not None:
         item = description.SegmentedPropertyTypeCodeSequence[0]
         item.SegmentedPropertyTypeModifierCodeSequence = [_coded(info.type_modifier)]
+    if info.laterality is not None:
+        description.AnatomicRegionSequence[0].AnatomicRegionModifierSequence = [_coded(info.laterality)]
     return description
 
 
@@ -190,8 +214,8 @@ def write_dicom_seg(
     Raises:
         EmptySegmentationError: ``segments`` is empty.
         ValueError: the label map does not match the series grid, holds non-integers or values without a
-            segment, or :func:`seg_writable` gives a reason (several multi-frame instances; several frames
-            without a FrameOfReferenceUID).
+            segment, a segment with a laterality is not an Anatomical Structure, or :func:`seg_writable` gives a
+            reason (several multi-frame instances; several frames without a FrameOfReferenceUID).
         FileExistsError: ``path`` exists and ``overwrite`` is False.
     """
     infos = sorted(segments_from_dicts(list(segments)), key=lambda s: s.value)

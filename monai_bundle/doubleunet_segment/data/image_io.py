@@ -211,7 +211,8 @@ def _read_with_sitk(path: Path) -> Volume:
 
 
 def read_volume_file(path: Path) -> Volume:
-    """NIfTI through nibabel (exact affine); NRRD/MHA/MHD through SimpleITK, converted from LPS to RAS.
+    """NIfTI and FreeSurfer MGH/MGZ through nibabel (exact affine); NRRD/MHA/MHD through SimpleITK, converted
+    from LPS to RAS.
 
     A file holding a 2D image (a 2D header, or a single slice along Z) is returned as a 2D image
     (``is_2d_image``, array (C, X, Y, 1)) that keeps the file's geometry, so it is segmented and written
@@ -228,7 +229,7 @@ def read_volume_file(path: Path) -> Volume:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"input not found: {path}")
-    if path.name.lower().endswith((".nii", ".nii.gz")):
+    if path.name.lower().endswith((".nii", ".nii.gz", ".mgz", ".mgh")):
         array, affine = read_nifti(path)
         return Volume(array, affine, is_2d_image=array.shape[3] == 1)
     return _read_with_sitk(path)

@@ -80,7 +80,8 @@ def write_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, 
 
 
 def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Read a NIfTI image as ``((C, X, Y, Z) float32, 4x4 RAS affine)``; 2D images get Z = 1.
+    """Read a NIfTI (or FreeSurfer MGH/MGZ) image as ``((C, X, Y, Z) float32, 4x4 RAS affine)``; 2D images get
+    Z = 1.
 
     A 4D image's last axis becomes C; a vector image (X, Y, Z, 1, C) too. Values are scaled by the header's
     slope and intercept (``get_fdata``); the affine is nibabel's (sform, else qform), in mm.
@@ -101,7 +102,8 @@ def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         reason = " ".join(str(err).split()) or type(err).__name__
         if isinstance(err, EOFError):  # gzip's words for a .nii.gz cut short
             reason = f"compressed data ends early: {reason}"
-        raise ValueError(f"{path}: unreadable NIfTI file, truncated or corrupt? ({reason})") from err
+        kind = "MGH" if str(path).lower().endswith((".mgz", ".mgh")) else "NIfTI"
+        raise ValueError(f"{path}: unreadable {kind} file, truncated or corrupt? ({reason})") from err
     if data.ndim == 2:
         data = data[:, :, None]
     if data.ndim == 3:
@@ -131,6 +133,10 @@ def _slicer_segment(info: SegmentInfo) -> dict[str, Any]:
     }
     if info.type_modifier:
         terminology["typeModifier"] = _slicer_code(info.type_modifier)
+    if info.laterality:
+        # the structure as anatomic region, the side as its modifier: as the DICOM SEG and the Slicer import do
+        terminology["anatomicRegion"] = _slicer_code(info.type)
+        terminology["anatomicRegionModifier"] = _slicer_code(info.laterality)
     return {
         "id": f"Segment_{info.value}",
         "name": info.name,

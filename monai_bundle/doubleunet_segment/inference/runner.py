@@ -19,14 +19,16 @@ The end-of-run table goes to this module's logger at INFO, one record per line: 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +44,7 @@ from .batching import prefetch
 from .geometry import ModelGrid
 from .predictor import Prediction, Predictor
 from .progress import Reporter
+from .whole_head import LR_SEGMENT_SET, segment_whole_head, should_localize
 
 __all__ = [
     "FORMATS",
@@ -63,6 +66,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FORMATS = ("nifti", "dicom-seg", "png", "seg-nrrd")
+ExtraWriter = Callable[[Path, dict[str, Path]], None]  # (temporary target, every staged target) -> None
 
 
 def parse_formats(text: str | Sequence[str] | None) -> set[str]:
@@ -97,6 +101,8 @@ class CaseResult:
         voxels: foreground voxels in the label map.
         outputs: kind (``segments``, ``nifti``, ``dicom-seg``, ...) -> path written.
         message: ``ExceptionType: message`` of a failed case.
+        report: the volumetry of a whole-head case (:class:`doubleunet_segment.reporting.case_report.CaseReport`).
+        stages: seconds per stage of a whole-head case: ``read``, ``registration``, ``inference``, ``write``.
     """
 
     case: Case
@@ -106,6 +112,8 @@ class CaseResult:
     voxels: int = 0
     outputs: dict[str, str] = field(default_factory=dict)
     message: str = ""
+    report: Any = None
+    stages: dict[str, float] = field(default_factory=dict)
 
 
 def planned_outputs(
@@ -173,9 +181,11 @@ def _write_files(
     names: dict[str, str],
     rule: dict[str, object],
     prebuilt: dict[str, Path],
+    extra: dict[str, ExtraWriter],
 ) -> None:
     """Write each output to ``targets`` (fresh temporary paths); ``names`` are the final file names for
-    ``segments.json``'s ``files``; ``prebuilt`` holds outputs already written elsewhere (the DICOM SEG)."""
+    ``segments.json``'s ``files``; ``prebuilt`` holds outputs already written elsewhere (the DICOM SEG);
+    ``extra`` writes the kinds the runner does not know itself (the volumetry report)."""
     segments = spec.segment_infos()
     if "nifti" in targets:
         write_nifti(seg.labels, volume.affine, targets["nifti"])
@@ -192,6 +202,9 @@ def _write_files(
         save_png(blend(volume.array[:, :, :, 0], seg.labels[:, :, 0], segments), targets["overlay"])
     if "views" in targets:
         save_png(orthogonal_views(volume.array, seg.labels, segments), targets["views"])
+    for kind, writer in extra.items():
+        if kind in targets:
+            writer(targets[kind], targets)  # after the SEG: a report may reference the staged SEG
     info = {
         "model": spec.name,
         "software": f"DoubleU-Net Segment {__version__}",
@@ -215,6 +228,7 @@ def write_outputs(
     planned: dict[str, Path],
     overwrite: bool,
     rule: dict[str, object] | None = None,
+    extra: dict[str, ExtraWriter] | None = None,
 ) -> list[str]:
     """Every planned file, all or nothing: the files appear together, or none written by this call remains.
 
@@ -236,6 +250,9 @@ def write_outputs(
         planned: kind -> path, as planned for the case (see :func:`planned_outputs`); must hold ``segments``.
         overwrite: replace existing files.
         rule: the labelling rule ``segments.json`` records (default: :func:`label_rule` of ``spec``).
+        extra: kind -> writer for planned kinds this module does not write itself; each is called, after the
+            others, with its temporary target and every kind's temporary target (``dicom-seg``: the finished
+            SEG, for a report that references it).
 
     Returns:
         Notes for the user (``DICOM SEG not written: <reason>``).
@@ -272,7 +289,7 @@ def write_outputs(
                 notes.append(f"DICOM SEG not written: {type(err).__name__}: {err}")
         names = {k: p.name for k, p in planned.items()}
         with atomic_files(planned, overwrite=overwrite) as staged:
-            _write_files(volume, seg, spec, staged, names, rule or label_rule(spec), prebuilt)
+            _write_files(volume, seg, spec, staged, names, rule or label_rule(spec), prebuilt, extra or {})
     except BaseException:
         for path in prebuilt.values():
             path.unlink(missing_ok=True)
@@ -344,6 +361,10 @@ def run_case(
             reporter.event(event=protocol.NOTE, case=case.name, message=note)
         for path in planned.values():
             refuse_overwrite(path, args.overwrite)
+        localize = getattr(args, "localize", "auto")
+        if not volume.is_2d_image and should_localize(localize, predictor.spec, volume.array.shape[1:], volume.affine):
+            read = time.monotonic() - start
+            return _run_whole_head(case, volume, predictor, args, formats, planned, reporter, start, read)
         # the model's orientation and voxel size (a spec without them: the volume as given)
         grid = ModelGrid(predictor.spec)
         moved = grid.to_model(volume.array, volume.affine) if grid.active else None
@@ -371,6 +392,57 @@ def run_case(
         return CaseResult(case, True, time.monotonic() - start, n, voxels, {k: str(v) for k, v in planned.items()})
     except Exception as err:  # one bad case must not stop the batch
         return CaseResult(case, False, time.monotonic() - start, message=failure_message(err, case))
+
+
+def _run_whole_head(
+    case: Case,
+    volume: Volume,
+    predictor: Predictor,
+    args: argparse.Namespace,
+    formats: set[str],
+    planned: dict[str, Path],
+    reporter: Reporter,
+    start: float,
+    read_seconds: float,
+) -> CaseResult:
+    """A whole-head study through localisation (:mod:`.whole_head`): left and right labels, and the volumetry
+    report's files written with the label map, all or nothing."""
+    from ..reporting.case_report import CaseReport
+
+    reporter.event(event=protocol.NOTE, case=case.name, message="whole-head study: localising each hippocampus")
+    reporter.start_case(case, 2)
+    head = segment_whole_head(
+        predictor,
+        volume.array,
+        volume.affine,
+        lambda done, total: reporter.progress(case, done, total),
+        uncertainty=True,  # the quality check weighs the stages' disagreement; the map is written on request
+    )
+    spec = dataclasses.replace(predictor.spec, segments=LR_SEGMENT_SET)
+    segments = spec.segment_infos()
+    report = CaseReport.build(volume, head.labels, segments, head.registration, head.disagreement)
+    times = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in {"read": read_seconds, **head.seconds}.items())
+    reporter.event(event=protocol.NOTE, case=case.name, message=f"stage times: {times}")
+    qc = report.qc
+    verdict = f"QC {qc['verdict']}" + (f": {qc['reason']}" if qc["reason"] else "")
+    reporter.event(event=protocol.NOTE, case=case.name, message=verdict)
+    case_dir = planned["segments"].parent
+    extra = report.outputs(case_dir, formats, planned, getattr(args, "uncertainty", False))
+    for path in extra.values():
+        refuse_overwrite(path, args.overwrite)
+    plan = {**{k: v for k, v in planned.items() if k != "segments"}, **extra, "segments": planned["segments"]}
+    seg = Prediction(None, head.labels, str(predictor.device), predictor.device_reason, notes=head.notes)
+    writers = {kind: (lambda target, staged, kind=kind: report.write(kind, target, staged)) for kind in extra}
+    written = time.monotonic()
+    notes = write_outputs(case_dir, volume, seg, spec, plan, args.overwrite, label_rule(spec), writers)
+    stages = {"read": read_seconds, **head.seconds, "write": time.monotonic() - written}
+    if "dicom-sr" in extra and "dicom-seg" not in plan:  # the SEG was dropped (a note says why): no SR to write
+        notes.append("DICOM SR not written: it references the SEG")
+    for note in notes:
+        reporter.event(event=protocol.NOTE, case=case.name, message=note)
+    voxels = int((head.labels > 0).sum())
+    outputs = {k: str(v) for k, v in plan.items()}
+    return CaseResult(case, True, time.monotonic() - start, 2, voxels, outputs, report=report, stages=stages)
 
 
 def failure_message(err: Exception, case: Case) -> str:
@@ -475,6 +547,25 @@ def segment_inputs(
     return segment_cases(cases, notes, predictor, options)
 
 
+VOLUMES_SUMMARY = "volumes_summary.csv"
+
+
+def _write_volumes_summary(results: list[CaseResult], options: argparse.Namespace, reporter: Reporter) -> None:
+    """The batch's volumetry, one row per whole-head case, as ``volumes_summary.csv`` in the output folder."""
+    rows = [(r.case.name, r.report.volumetry, r.report.qc) for r in results if r.ok and r.report is not None]
+    if not rows:
+        return
+    from ..reporting.volumetry import write_batch_summary
+
+    path = Path(options.output) / VOLUMES_SUMMARY
+    try:
+        write_batch_summary(rows, path, overwrite=options.overwrite)
+    except FileExistsError:
+        reporter.event(event=protocol.NOTE, message=f"{path} exists; kept (use --overwrite to replace it)")
+        return
+    reporter.event(event=protocol.NOTE, message=f"volumes of {len(rows)} case(s): {path}")
+
+
 def segment_cases(
     cases: list[Case],
     notes: list[str],
@@ -514,6 +605,7 @@ def segment_cases(
         result = run_case(case, predictor, options, chosen, reporter)
         reporter.end_case(result)
         results.append(result)
+    _write_volumes_summary(results, options, reporter)
     reporter.close()
     if progress != "json":
         log_summary(results)

@@ -2,15 +2,16 @@
 
 Reads the samples from ``$DOUBLEUNET_SAMPLES`` (default ``../shared/data`` beside the repository),
 never copies them, and writes into ``outputs/demo``: polyp overlays on validation frames the model
-never trained on (with the ground truth beside them), a hippocampus label map of an MR volume with
-three orthogonal views, and DICOM SEG objects for the real CT/MR DICOM files that pydicom ships.
+never trained on (with the ground truth beside them), and a radiologist's whole-head study: the MNI152 T1
+template that ships inside nilearn, written as an axial MR DICOM series with a made-up identity marked as
+synthetic, segmented into left and right anterior and posterior hippocampus, with its DICOM SEG, its DICOM SR
+(TID 1500) of the volumes and the one-page volumetry report.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -26,7 +27,7 @@ from ..inference.progress import show_log_on_stderr
 from ..inference.runner import segment_inputs
 from ..training.evaluation import case_metrics
 
-__all__ = ["main", "polyp_grid", "pydicom_samples", "validation_items"]
+__all__ = ["main", "mni152_study", "polyp_grid", "validation_items"]
 
 REPO = paths.SOURCE_BUNDLES.parent
 
@@ -73,26 +74,21 @@ def polyp_grid(results_dir: Path, items: list[dict], out: Path) -> list[float]:
     return dices
 
 
-def pydicom_samples(tmp: Path) -> list[str]:
-    """Real CT and MR DICOM files from pydicom's own test data, each copied into its own folder.
-
-    Args:
-        tmp: the folder to copy them into.
+def mni152_study(folder: Path) -> Path:
+    """The MNI152 T1 template (nilearn's, 1 mm) as an axial MR DICOM series in ``folder``; made-up identity,
+    marked synthetic (:func:`doubleunet_segment.data.dicom_export.write_volume_as_series`).
 
     Returns:
-        The folders made (fewer where pydicom's test data lacks a file).
+        ``folder``.
     """
-    from pydicom.data import get_testdata_file
+    from nilearn.datasets import load_mni152_template
 
-    folders = []
-    for name in ("CT_small.dcm", "MR_small.dcm"):
-        path = get_testdata_file(name)
-        if path:
-            folder = tmp / Path(name).stem
-            folder.mkdir()
-            shutil.copy(path, folder / name)
-            folders.append(str(folder))
-    return folders
+    from ..data.dicom_export import write_volume_as_series
+
+    template = load_mni152_template(resolution=1)
+    array = np.asarray(template.dataobj, dtype=np.float32)
+    write_volume_as_series(array, template.affine, folder, series_description="MNI152 T1", overwrite=True)
+    return folder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     if not samples.is_dir():
         print(
             f"sample data folder {samples} not found: point the demo at one with "
-            "`DOUBLEUNET_SAMPLES=/path/to/data make demo` (it needs kvasir-seg/ and msd-hippocampus/ inside)"
+            "`DOUBLEUNET_SAMPLES=/path/to/data make demo` (the polyp part needs kvasir-seg/ inside)"
         )
     if "polyp" not in missing and samples.is_dir():
         items = validation_items("polyp", samples, "kvasir-seg", args.images)
@@ -129,14 +125,16 @@ def main(argv: list[str] | None = None) -> int:
         pictures.append(out / "polyp_overlays.png")
     if "hippocampus" not in missing:
         predictor = Predictor(catalog["hippocampus"], device="auto")
-        inputs = []
-        if samples.is_dir():
-            inputs.append(validation_items("hippocampus", samples, "msd-hippocampus", 1)[0]["image"])
         with tempfile.TemporaryDirectory() as tmp:
-            inputs += pydicom_samples(Path(tmp))
-            print(f"hippocampus model on {len(inputs)} volume(s): MSD MR and pydicom's real CT/MR DICOM files")
-            segment_inputs(inputs, out / "hippocampus", predictor, "nifti,dicom-seg,png", overwrite=True)
-        pictures += sorted((out / "hippocampus").glob("*/views.png"))
+            study = mni152_study(Path(tmp) / "mni152-dicom")
+            print("hippocampus model on a whole-head MR study: the MNI152 template as a synthetic axial DICOM series")
+            segment_inputs([str(study)], out / "hippocampus", predictor, "nifti,dicom-seg,png", overwrite=True)
+        for volumes in sorted((out / "hippocampus").glob("*/volumes.json")):
+            data = json.loads(volumes.read_text())
+            sides = ", ".join(f"{side} {ml:.2f} mL" for side, ml in data["sides"].items())
+            print(f"hippocampal volumes: {sides}; QC {data['qc']['verdict']}")
+        pictures += sorted((out / "hippocampus").glob("*/report.png"))
+        pictures += sorted((out / "hippocampus").glob("*/sr.dcm"))
     if not pictures:
         return 1
     print("\nlook at:")
