@@ -149,9 +149,11 @@ def test_the_mni152_template_as_an_axial_dicom_series_gives_seg_sr_and_report(tm
 
 @needs_data
 def test_the_same_head_stored_otherwise_gives_the_same_volumes(tmp_path):
-    """The head as RAS and LPS NIfTI and resampled to 0.9 x 0.9 x 1.2 mm (SimpleITK, as another scanner's
-    protocol would store it): each side's volume within 2% of the conformed original's."""
+    """The head as RAS and LPS NIfTI, resampled to 0.9 x 0.9 x 1.2 mm (SimpleITK, as another scanner's
+    protocol would store it), and as an axial and a sagittal DICOM series: each side's volume within 2% of the
+    conformed original's."""
     import SimpleITK as sitk
+    from doubleunet_segment.data.dicom_export import write_volume_as_series
 
     image = nib.load(HEAD / "orig.mgz")
     array = np.asarray(image.dataobj, dtype=np.float32)
@@ -170,10 +172,17 @@ def test_the_same_head_stored_otherwise_gives_the_same_volumes(tmp_path):
     sitk.WriteImage(resampled, str(tmp_path / "aniso.nii.gz"))
     nib.save(nib.Nifti1Image(array, image.affine), tmp_path / "original.nii.gz")
     names = ["original", "ras", "lps", "aniso"]
-    segment([tmp_path / f"{n}.nii.gz" for n in names], tmp_path / "out", "--format", "nifti")
-    reference = side_volumes(tmp_path / "out" / "original")
-    for name in names[1:]:
-        for side, ml in side_volumes(tmp_path / "out" / name).items():
+    inputs = [tmp_path / f"{n}.nii.gz" for n in names]
+    for orientation in ("axial", "sagittal"):
+        folder = tmp_path / orientation
+        write_volume_as_series(array, image.affine, folder, series_description=orientation, orientation=orientation)
+        inputs.append(folder)
+    segment(inputs, tmp_path / "out", "--format", "nifti")
+    cases = {p.name: p for p in (tmp_path / "out").iterdir() if p.is_dir()}
+    reference = side_volumes(cases.pop("original"))
+    assert len(cases) == 5
+    for name, case in cases.items():
+        for side, ml in side_volumes(case).items():
             assert ml == pytest.approx(reference[side], rel=0.02), (name, side)
 
 
@@ -209,3 +218,45 @@ def test_quality_control_flags_each_kind_of_doubt():
     }
     for words, qc in cases.items():
         assert qc["verdict"] == "review" and words in qc["reason"], (words, qc)
+
+
+@needs_data
+def test_the_worker_localises_a_whole_head_once_and_answers_slabs_from_it(tmp_path, monkeypatch):
+    """The Slicer effect's worker: the first request for a whole head localises and segments it; a Preview slab
+    and an Apply of the whole volume are then answered from that result (left/right labels and probabilities
+    the effect re-thresholds), without registering again."""
+    import io
+
+    from doubleunet_segment.catalog import read_catalog
+    from doubleunet_segment.inference import whole_head
+    from doubleunet_segment.inference.predictor import Predictor
+    from doubleunet_segment.inference.worker import Worker
+    from DoubleUNetSegmentLib.segment_import import labels_from_probabilities
+
+    calls = []
+    real = whole_head.register_to_template
+    monkeypatch.setattr(whole_head, "register_to_template", lambda *a: calls.append(1) or real(*a))
+    predictor = Predictor(read_catalog()["hippocampus"], device="cpu", precision="fp32", backend="torch")
+    out = io.StringIO()
+    worker = Worker(predictor, out)
+    source = HEAD / "orig.mgz"
+    full = {"id": "1", "input": str(source), "output": str(tmp_path), "name": "full"}
+    assert worker.handle(full)
+    labels = np.asarray(nib.load(tmp_path / "full" / "segmentation.nii.gz").dataobj)
+    assert set(np.unique(labels)) == {0, 1, 2, 3, 4}
+    axis = predictor.inferer.slice_axis
+    k = int(np.argwhere(labels > 0)[:, axis].mean())  # a slice through the hippocampi
+    assert worker.handle(
+        {"id": "2", "input": str(source), "output": str(tmp_path), "name": "slab", "slices": [k, k + 3]}
+    )
+    assert len(calls) == 1  # registered once for the volume
+    slab = nib.load(tmp_path / "slab" / "segmentation.nii.gz")
+    expected = np.take(labels, range(k, k + 3), axis=axis)
+    assert np.array_equal(np.asarray(slab.dataobj), expected) and expected.any()
+    probabilities = np.asarray(nib.load(tmp_path / "slab" / "probabilities.nii.gz").dataobj)  # (X, Y, Z, 5)
+    again = labels_from_probabilities(probabilities, 0.5, largest_component=False)
+    assert (again == expected).mean() > 0.999  # the effect's re-threshold at 0.5 gives the engine's labels
+    info = json.loads((tmp_path / "slab" / "segments.json").read_text())
+    assert len(info["segments"]) == 4 and info["segments"][2]["name"] == "Right anterior hippocampus"
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [e["event"] for e in events if e.get("id") == "2"][-2:] == ["done", "idle"]

@@ -42,6 +42,7 @@ __all__ = [
     "hippocampus_crops",
     "is_whole_head",
     "paste",
+    "paste_values",
     "register_to_template",
 ]
 
@@ -483,23 +484,74 @@ def paste(
     elif out.shape != tuple(shape) or out.dtype != np.uint8:
         raise ValueError(f"out must be uint8 of shape {tuple(shape)}, got {out.dtype} {out.shape}")
 
-    # subject voxels within the crop's bounding box, then each one's nearest crop voxel
+    grid, points = _subject_voxels(crop, tuple(shape), affine)
+    if not grid.shape[1]:
+        return out
+    index = np.rint(points).astype(np.int64)  # each subject voxel's nearest crop voxel
+    inside = np.all((index >= 0) & (index < np.asarray(crop.shape)[:, None]), axis=0)
+    values = np.zeros(grid.shape[1], dtype=np.int64)
+    values[inside] = labels[tuple(index[:, inside])]
+    hit = values > 0
+    target = tuple(grid[:, hit])
+    out[target] = (values[hit] + offset).astype(np.uint8)
+    return out
+
+
+def _subject_voxels(crop: Crop, shape: tuple[int, int, int], affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The subject voxels within the crop's bounding box, (3, N) int64 indices, and where their centres fall on
+    the crop's grid, (3, N) float64 crop voxel coordinates."""
     corners = np.array(np.meshgrid(*[[-0.5, n - 0.5] for n in crop.shape], indexing="ij")).reshape(3, -1)
     to_subject = np.linalg.inv(affine) @ crop.affine
     reach = to_subject[:3, :3] @ corners + to_subject[:3, 3:]
     low = np.clip(np.floor(reach.min(axis=1)).astype(int), 0, shape)
     high = np.clip(np.ceil(reach.max(axis=1)).astype(int) + 1, 0, shape)
     if np.any(high <= low):
-        return out
-    grid = np.indices(tuple(high - low), dtype=np.float64).reshape(3, -1) + low[:, None]
+        return np.zeros((3, 0), dtype=np.int64), np.zeros((3, 0))
+    grid = np.indices(tuple(high - low)).reshape(3, -1) + low[:, None]
     to_crop = np.linalg.inv(to_subject)
-    index = np.rint(to_crop[:3, :3] @ grid + to_crop[:3, 3:]).astype(np.int64)
-    inside = np.all((index >= 0) & (index < np.asarray(crop.shape)[:, None]), axis=0)
-    values = np.zeros(grid.shape[1], dtype=np.int64)
-    values[inside] = labels[tuple(index[:, inside])]
-    hit = values > 0
-    target = tuple(grid[:, hit].astype(np.int64))
-    out[target] = (values[hit] + offset).astype(np.uint8)
+    return grid, to_crop[:3, :3] @ grid + to_crop[:3, 3:]
+
+
+def paste_values(
+    values: np.ndarray,
+    crop: Crop,
+    shape: tuple[int, int, int],
+    affine: np.ndarray,
+    out: np.ndarray,
+    channels: list[int],
+) -> np.ndarray:
+    """Per-voxel values made on a crop's grid (class probabilities), put back on the subject's grid (trilinear).
+
+    Each subject voxel whose centre falls inside the crop gets ``values[k]`` interpolated there, written to
+    channel ``channels[k]`` of ``out``; voxels outside keep ``out``'s values.
+
+    Args:
+        values: (K, X', Y', Z') float values on the crop's grid (mirrored like :func:`extract`'s output).
+        crop: the crop they were made on.
+        shape: (X, Y, Z) of the subject grid.
+        affine: 4x4 voxel index -> RAS mm of the subject grid.
+        out: (C, X, Y, Z) float32 map to paste into (modified in place).
+        channels: the channel of ``out`` for each of the K values.
+
+    Returns:
+        ``out``.
+
+    Raises:
+        ValueError: ``values`` not of (K, *crop.shape), or ``channels`` not K long.
+    """
+    from scipy import ndimage
+
+    values = np.asarray(values, dtype=np.float32)
+    if values.shape[1:] != tuple(crop.shape) or len(channels) != values.shape[0]:
+        raise ValueError(f"values of shape {values.shape} for a crop {tuple(crop.shape)} and channels {channels}")
+    affine = _check_volume(tuple(shape), affine)
+    grid, points = _subject_voxels(crop, tuple(shape), affine)
+    inside = np.all((points >= -0.5) & (points <= np.asarray(crop.shape)[:, None] - 0.5), axis=0)
+    target = tuple(grid[:, inside])
+    for k, channel in enumerate(channels):
+        out[channel][target] = ndimage.map_coordinates(
+            values[k], points[:, inside], order=1, mode="nearest", output=np.float32, prefilter=False
+        )
     return out
 
 

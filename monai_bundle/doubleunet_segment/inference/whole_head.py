@@ -24,7 +24,15 @@ import numpy as np
 import torch
 
 from ..catalog import ModelSpec
-from .localization import Registration, extract, hippocampus_crops, is_whole_head, paste, register_to_template
+from .localization import (
+    Registration,
+    extract,
+    hippocampus_crops,
+    is_whole_head,
+    paste,
+    paste_values,
+    register_to_template,
+)
 from .predictor import Predictor
 
 __all__ = ["LOCALIZE_CHOICES", "LR_SEGMENT_SET", "WholeHeadResult", "segment_whole_head", "should_localize"]
@@ -44,6 +52,8 @@ class WholeHeadResult:
         disagreement: (X, Y, Z) float32 in [0, 1], the stage-1 vs stage-2 disagreement of DoubleU-Net's two
             U-Nets (total variation distance of their class probabilities) inside the crops, 0 elsewhere; None
             unless asked for.
+        probabilities: (5, X, Y, Z) float32 class probabilities (background, then labels 1-4) pasted back from
+            the crops (trilinear), background 1 outside them; None unless asked for.
         seconds: wall time per stage: ``registration``, ``inference``.
         notes: things a person should know.
     """
@@ -51,6 +61,7 @@ class WholeHeadResult:
     labels: np.ndarray
     registration: Registration
     disagreement: np.ndarray | None = None
+    probabilities: np.ndarray | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -120,6 +131,7 @@ def segment_whole_head(
     affine: np.ndarray,
     progress: Callable[[int, int], None] | None = None,
     uncertainty: bool = False,
+    keep_probabilities: bool = False,
 ) -> WholeHeadResult:
     """Left and right hippocampus of a whole-head study.
 
@@ -129,6 +141,8 @@ def segment_whole_head(
         affine: 4x4 voxel -> RAS mm.
         progress: called with (crops done, crops in total).
         uncertainty: also return the stage-1 vs stage-2 disagreement map.
+        keep_probabilities: also return the class probabilities on the study's grid (the Slicer effect
+            re-thresholds them).
 
     Returns:
         The :class:`WholeHeadResult`.
@@ -143,14 +157,21 @@ def segment_whole_head(
     seconds = {"registration": time.monotonic() - start}
     labels = np.zeros(shape, dtype=np.uint8)
     disagreement = np.zeros(shape, dtype=np.float32) if uncertainty else None
+    classes = predictor.spec.out_channels - 1  # 2: anterior, posterior
+    probabilities = None
+    if keep_probabilities:
+        probabilities = np.zeros((1 + 2 * classes, *shape), dtype=np.float32)
+        probabilities[0] = 1.0  # outside the boxes: background
     start = time.monotonic()
     crops = hippocampus_crops(registration)
-    classes = predictor.spec.out_channels - 1  # 2: anterior, posterior
     for done, crop in enumerate(crops):
         patch = extract(grey, affine, crop)
-        seg = predictor.segment(patch[None], keep_probabilities=False)
+        seg = predictor.segment(patch[None], keep_probabilities=probabilities is not None)
         offset = classes if crop.side == "right" else 0
         paste(seg.labels, crop, shape, affine, out=labels, offset=offset)
+        if probabilities is not None:
+            channels = [0, *range(1 + offset, 1 + offset + classes)]
+            paste_values(seg.probabilities, crop, shape, affine, probabilities, channels)
         if disagreement is not None:
             tv = stage_disagreement(predictor, patch)
             # the map is pasted as labels are: quantised to 1/250 steps so it travels through the uint8 paster
@@ -159,4 +180,4 @@ def segment_whole_head(
         if progress:
             progress(done + 1, len(crops))
     seconds["inference"] = time.monotonic() - start
-    return WholeHeadResult(labels, registration, disagreement, seconds)
+    return WholeHeadResult(labels, registration, disagreement, probabilities, seconds)

@@ -15,13 +15,20 @@ Protocol (one JSON object per line; events, fields and request keys are defined 
 - answer: ``start``/``progress``/``done``/``error`` events as the CLI writes them, then
   ``{"event": "idle", "id": ...}``.
 - ``{"command": "quit"}`` or end of input stops the process (exit status 0).
+
+A whole-head study for a crop-trained model (the hippocampus model; see :mod:`.whole_head`) is localised and
+segmented once per volume, the first time any of its slices is asked for; later requests for the same file (the
+effect's Preview slice after slice, then Apply) are answered from that result: the slab's left/right labels and
+class probabilities, without the network.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -32,9 +39,10 @@ from ..data.cases import Case, safe_name
 from ..data.image_io import Volume, read_volume_file
 from ..transforms import ProbabilitiesToLabels
 from . import protocol
-from .predictor import Predictor
+from .predictor import Prediction, Predictor
 from .progress import Reporter
-from .runner import run_case
+from .runner import CaseResult, failure_message, label_rule, planned_outputs, run_case, write_outputs
+from .whole_head import LR_SEGMENT_SET, WholeHeadResult, segment_whole_head, should_localize
 
 
 class RequestReporter(Reporter):
@@ -51,11 +59,13 @@ class RequestReporter(Reporter):
 
 
 class VolumeCache:
-    """Keeps the last volume read: Preview asks for slice after slice of the same file."""
+    """Keeps the last volume read, and its whole-head result once made: Preview asks for slice after slice of
+    the same file."""
 
     def __init__(self) -> None:
         self._key: tuple[str, int, int] | None = None
         self._volume: Volume | None = None
+        self.whole_head: WholeHeadResult | None = None  # of the cached volume
 
     def load(self, path: Path) -> Volume:
         stat = path.stat()
@@ -63,6 +73,7 @@ class VolumeCache:
         if key != self._key or self._volume is None:
             self._volume = read_volume_file(path)
             self._key = key
+            self.whole_head = None
         return self._volume
 
 
@@ -71,11 +82,16 @@ def crop_slices(volume: Volume, axis: int, start: int, stop: int) -> Volume:
     n = volume.array.shape[axis + 1]
     if not 0 <= start < stop <= n:
         raise ValueError(f"slices [{start}, {stop}) outside the volume's {n} slices along axis {axis}")
-    index = [slice(None)] * 4
-    index[axis + 1] = slice(start, stop)
     shift = np.eye(4)
     shift[axis, 3] = start
-    return Volume(np.ascontiguousarray(volume.array[tuple(index)]), volume.affine @ shift, warnings=volume.warnings)
+    return Volume(_slab(volume.array, axis, start, stop), volume.affine @ shift, warnings=volume.warnings)
+
+
+def _slab(array: np.ndarray, axis: int, start: int, stop: int) -> np.ndarray:
+    """Slices ``start:stop`` along ``axis`` (0-2 of X, Y, Z) of a (..., X, Y, Z) array, contiguous."""
+    index = [slice(None)] * array.ndim
+    index[array.ndim - 3 + axis] = slice(start, stop)
+    return np.ascontiguousarray(array[tuple(index)])
 
 
 class Worker:
@@ -116,6 +132,15 @@ class Worker:
             self.emit(event=protocol.IDLE, id=request_id)
             return True
         axis = self.predictor.inferer.slice_axis
+        reporter = RequestReporter(request_id, self.out)
+        try:
+            head = self._whole_head(source)
+        except Exception:  # an unreadable file: the case runner below reports it as it always does
+            head = None
+        if head is not None:
+            self._answer_from_whole_head(head, name, output, slices, axis, request, reporter)
+            self.emit(event=protocol.IDLE, id=request_id)
+            return True
 
         def load() -> Volume:
             volume = self.cache.load(source)
@@ -126,11 +151,63 @@ class Worker:
             save_probabilities=bool(request.get("save_probabilities", True)),
             overwrite=bool(request.get("overwrite", True)),
         )
-        reporter = RequestReporter(request_id, self.out)
         result = run_case(Case(name, str(source), "volume", load), self.predictor, args, {"nifti"}, reporter)
         reporter.end_case(result)
         self.emit(event=protocol.IDLE, id=request_id)
         return True
+
+    def _whole_head(self, source: Path) -> tuple[Volume, WholeHeadResult] | None:
+        """The whole-head result of ``source`` (made once per volume), or None when it is no whole head for
+        this model (:func:`.whole_head.should_localize` with ``auto``)."""
+        volume = self.cache.load(source)
+        shape = volume.array.shape[1:]
+        if volume.is_2d_image or not should_localize("auto", self.predictor.spec, shape, volume.affine):
+            return None
+        if self.cache.whole_head is None:
+            self.cache.whole_head = segment_whole_head(
+                self.predictor, volume.array, volume.affine, keep_probabilities=True
+            )
+        return volume, self.cache.whole_head
+
+    def _answer_from_whole_head(
+        self,
+        head: tuple[Volume, WholeHeadResult],
+        name: str,
+        output: Path,
+        slices: list[int] | None,
+        axis: int,
+        request: dict[str, Any],
+        reporter: RequestReporter,
+    ) -> None:
+        """Write the requested slab of a whole-head result as the case runner would (label map, probabilities,
+        ``segments.json`` with the left/right segments) and report it."""
+        volume, result = head
+        start = time.monotonic()
+        case = Case(name, str(request["input"]), "volume", lambda: volume)
+        try:
+            labels, probabilities = result.labels, result.probabilities
+            if slices:
+                k0, k1 = int(slices[0]), int(slices[1])
+                volume = crop_slices(volume, axis, k0, k1)
+                labels, probabilities = _slab(labels, axis, k0, k1), _slab(probabilities, axis, k0, k1)
+            save_probabilities = bool(request.get("save_probabilities", True))
+            spec = dataclasses.replace(self.predictor.spec, segments=LR_SEGMENT_SET)
+            seg = Prediction(
+                probabilities if save_probabilities else None,
+                labels,
+                str(self.predictor.device),
+                self.predictor.device_reason,
+            )
+            planned, _ = planned_outputs(output / name, volume, {"nifti"}, save_probabilities)
+            reporter.start_case(case, 1)
+            write_outputs(
+                output / name, volume, seg, spec, planned, bool(request.get("overwrite", True)), label_rule(spec)
+            )
+            outputs = {k: str(v) for k, v in planned.items()}
+            outcome = CaseResult(case, True, time.monotonic() - start, 1, int((labels > 0).sum()), outputs)
+        except Exception as err:  # reported like any failed case; the worker keeps serving
+            outcome = CaseResult(case, False, time.monotonic() - start, message=failure_message(err, case))
+        reporter.end_case(outcome)
 
     def serve(self, lines: TextIO) -> None:
         for line in lines:
