@@ -260,3 +260,22 @@ def test_the_worker_localises_a_whole_head_once_and_answers_slabs_from_it(tmp_pa
     assert len(info["segments"]) == 4 and info["segments"][2]["name"] == "Right anterior hippocampus"
     events = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [e["event"] for e in events if e.get("id") == "2"][-2:] == ["done", "idle"]
+
+
+@needs_data
+def test_the_hippocampus_bundle_localises_a_whole_head_as_the_cli_does(tmp_path, head_result):
+    bundle = Path(__file__).resolve().parents[1] / "monai_bundle" / "hippocampus"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", "configs/inference.json"]
+    cmd += ["--input", str(HEAD / "orig.mgz"), "--output_dir", str(tmp_path)]
+    done = subprocess.run(cmd, cwd=bundle, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ours = np.asarray(nib.load(tmp_path / "orig" / "segmentation.nii.gz").dataobj)
+    cli = np.asarray(nib.load(head_result / "orig" / "segmentation.nii.gz").dataobj)
+    assert np.array_equal(ours, cli) and set(np.unique(ours)) == {0, 1, 2, 3, 4}
+    bundle_volumes, cli_volumes = (
+        json.loads((r / "orig" / "volumes.json").read_text()) for r in (tmp_path, head_result)
+    )
+    assert bundle_volumes["structures"] == cli_volumes["structures"] and bundle_volumes["qc"]["verdict"] == "pass"
+    # eTIV comes from a registration whose multi-threaded sums are not bit-exact from run to run
+    assert bundle_volumes["etiv_ml"] == pytest.approx(cli_volumes["etiv_ml"], rel=1e-5)
+    assert (tmp_path / "orig" / "report.png").is_file()

@@ -57,6 +57,7 @@ __all__ = [
     "parse_formats",
     "planned_outputs",
     "run_case",
+    "write_whole_head_outputs",
     "segment_cases",
     "segment_inputs",
     "summary_lines",
@@ -407,8 +408,6 @@ def _run_whole_head(
 ) -> CaseResult:
     """A whole-head study through localisation (:mod:`.whole_head`): left and right labels, and the volumetry
     report's files written with the label map, all or nothing."""
-    from ..reporting.case_report import CaseReport
-
     reporter.event(event=protocol.NOTE, case=case.name, message="whole-head study: localising each hippocampus")
     reporter.start_case(case, 2)
     head = segment_whole_head(
@@ -418,31 +417,69 @@ def _run_whole_head(
         lambda done, total: reporter.progress(case, done, total),
         uncertainty=True,  # the quality check weighs the stages' disagreement; the map is written on request
     )
-    spec = dataclasses.replace(predictor.spec, segments=LR_SEGMENT_SET)
-    segments = spec.segment_infos()
-    report = CaseReport.build(volume, head.labels, segments, head.registration, head.disagreement)
     times = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in {"read": read_seconds, **head.seconds}.items())
     reporter.event(event=protocol.NOTE, case=case.name, message=f"stage times: {times}")
-    qc = report.qc
-    verdict = f"QC {qc['verdict']}" + (f": {qc['reason']}" if qc["reason"] else "")
-    reporter.event(event=protocol.NOTE, case=case.name, message=verdict)
-    case_dir = planned["segments"].parent
-    extra = report.outputs(case_dir, formats, planned, getattr(args, "uncertainty", False))
-    for path in extra.values():
-        refuse_overwrite(path, args.overwrite)
-    plan = {**{k: v for k, v in planned.items() if k != "segments"}, **extra, "segments": planned["segments"]}
-    seg = Prediction(None, head.labels, str(predictor.device), predictor.device_reason, notes=head.notes)
-    writers = {kind: (lambda target, staged, kind=kind: report.write(kind, target, staged)) for kind in extra}
     written = time.monotonic()
-    notes = write_outputs(case_dir, volume, seg, spec, plan, args.overwrite, label_rule(spec), writers)
+    seg = Prediction(None, head.labels, str(predictor.device), predictor.device_reason, notes=head.notes)
+    uncertainty = getattr(args, "uncertainty", False)
+    plan, notes, report = write_whole_head_outputs(
+        volume, seg, predictor.spec, head.registration, head.disagreement, formats, planned, args.overwrite, uncertainty
+    )
     stages = {"read": read_seconds, **head.seconds, "write": time.monotonic() - written}
-    if "dicom-sr" in extra and "dicom-seg" not in plan:  # the SEG was dropped (a note says why): no SR to write
-        notes.append("DICOM SR not written: it references the SEG")
     for note in notes:
         reporter.event(event=protocol.NOTE, case=case.name, message=note)
     voxels = int((head.labels > 0).sum())
     outputs = {k: str(v) for k, v in plan.items()}
     return CaseResult(case, True, time.monotonic() - start, 2, voxels, outputs, report=report, stages=stages)
+
+
+def write_whole_head_outputs(
+    volume: Volume,
+    seg: Prediction,
+    spec: ModelSpec,
+    registration: Any,
+    disagreement: np.ndarray | None,
+    formats: set[str],
+    planned: dict[str, Path],
+    overwrite: bool,
+    uncertainty: bool,
+) -> tuple[dict[str, Path], list[str], Any]:
+    """A whole-head case's files, all or nothing: the label map's (``planned``) and the volumetry report's
+    (:class:`doubleunet_segment.reporting.case_report.CaseReport`): volumes, report.png, SR, uncertainty map.
+
+    Args:
+        volume: the input study.
+        seg: its left/right label map (values 1-4) on the input's grid.
+        spec: the crop-trained model; written with the left/right segment set.
+        registration: the study's registration to the template (eTIV, plausibility).
+        disagreement: (X, Y, Z) stage disagreement map on the input's grid, or None (not checked, not written).
+        formats: the output formats (:func:`parse_formats`).
+        planned: the label map's planned files (:func:`planned_outputs`).
+        overwrite: replace existing files.
+        uncertainty: also write the disagreement map.
+
+    Returns:
+        (every file written: kind -> path, notes for the user (the QC verdict first), the case report).
+
+    Raises:
+        FileExistsError: a file exists and ``overwrite`` is False.
+    """
+    from ..reporting.case_report import CaseReport
+
+    spec = dataclasses.replace(spec, segments=LR_SEGMENT_SET)
+    report = CaseReport.build(volume, seg.labels, spec.segment_infos(), registration, disagreement)
+    qc = report.qc
+    notes = [f"QC {qc['verdict']}" + (f": {qc['reason']}" if qc["reason"] else "")]
+    case_dir = planned["segments"].parent
+    extra = report.outputs(case_dir, formats, planned, uncertainty)
+    for path in extra.values():
+        refuse_overwrite(path, overwrite)
+    plan = {**{k: v for k, v in planned.items() if k != "segments"}, **extra, "segments": planned["segments"]}
+    writers = {kind: (lambda target, staged, kind=kind: report.write(kind, target, staged)) for kind in extra}
+    notes += write_outputs(case_dir, volume, seg, spec, plan, overwrite, label_rule(spec), writers)
+    if "dicom-sr" in extra and "dicom-seg" not in plan:  # the SEG was dropped (a note says why): no SR to write
+        notes.append("DICOM SR not written: it references the SEG")
+    return plan, notes, report
 
 
 def failure_message(err: Exception, case: Case) -> str:

@@ -7,7 +7,8 @@ an evaluator, with the one :class:`~.predictor.Predictor` underneath.
 - :class:`CaseDataset` applies the preprocessing case by case: :class:`LoadCased` reads a case into a
   (C, X, Y, Z) ``MetaTensor`` with its RAS affine, the model's geometry (:func:`.geometry.model_grid_transforms`)
   and intensity normalisation follow as dictionary transforms;
-- :class:`PredictorInferer` runs the predictor (batching, precision, 2.5D context) on the model's grid;
+- :class:`PredictorInferer` runs the predictor (batching, precision, 2.5D context) on the model's grid; a
+  whole-head study for a crop-trained model goes through localisation (:mod:`.whole_head`) as in the CLI;
 - the postprocessing turns probabilities into labels, inverts the geometry (``Invertd``) and :class:`SaveCased`
   writes the CLI's outputs (NIfTI, DICOM SEG, PNGs, ``segments.json``) through :func:`.runner.write_outputs`.
 
@@ -31,6 +32,8 @@ from monai.transforms import MapTransform, apply_transform
 
 from ..data.cases import Case, discover
 from ..data.image_io import Volume
+from ..transforms import Normalize
+from .geometry import ModelGrid
 from .predictor import Prediction, Predictor
 from .runner import (
     CaseResult,
@@ -42,7 +45,9 @@ from .runner import (
     parse_formats,
     planned_outputs,
     write_outputs,
+    write_whole_head_outputs,
 )
+from .whole_head import WholeHeadResult, segment_whole_head, should_localize
 
 __all__ = [
     "CaseDataset",
@@ -87,6 +92,7 @@ class InferenceRun:
 
     def __init__(self) -> None:
         self.pending: dict[str, tuple[Case, Volume, float]] = {}  # name -> (case, volume, start time)
+        self.whole_head: dict[str, WholeHeadResult] = {}  # name -> localised result, until written
         self.results: list[CaseResult] = []
 
     def fail(self, case: Case, err: Exception, start: float) -> None:
@@ -170,6 +176,7 @@ class LoadCased(MapTransform):
                 torch.as_tensor(volume.array), affine=torch.as_tensor(volume.affine, dtype=torch.float64)
             )
             self.run.pending[case.name] = (case, volume, start)
+            d[key].meta["case"] = case.name  # for the inferer: a whole head is localised on its own grid
             d["case"] = case.name
             d["independent_frames"] = bool(volume.series is not None and volume.series.independent_frames)
         return d
@@ -182,18 +189,55 @@ class PredictorInferer(Inferer):
     ``network`` the evaluator passes is not used. Intensity normalisation has happened in the dictionary
     preprocessing: build the predictor with ``preprocessing=`` :func:`as_float_tensor`.
 
+    With ``run``, a whole-head study for a crop-trained model (:func:`.whole_head.should_localize`) is segmented as
+    the CLI does it, on the loaded study itself: registered, each hippocampus box segmented with the model's
+    own normalisation, labels 1-4 pasted back. Its class probabilities (background, then labels 1-4) come back
+    moved to the model's grid like the image, and the result waits in ``run`` for :class:`SaveCased`.
+
     Args:
         predictor: the loaded model.
+        run: the run's shared state (the loaded studies); None: no localisation.
+        localize: ``auto``, ``on`` or ``off`` (see :func:`.whole_head.should_localize`).
     """
 
-    def __init__(self, predictor: Predictor) -> None:
+    def __init__(self, predictor: Predictor, run: InferenceRun | None = None, localize: str = "auto") -> None:
         super().__init__()
         self.predictor = predictor
+        self.run = run
+        self.localize = localize
 
     def __call__(self, inputs: torch.Tensor, network: object = None, *args: object, **kwargs: object) -> torch.Tensor:
         """(B, C, X, Y, Z) -> (B, K, X, Y, Z) float32 probabilities (a 2D image is (B, C, X, Y, 1))."""
-        probabilities = [self.predictor.predict(np.asarray(image.detach().cpu())) for image in inputs]
+        probabilities = []
+        for image in inputs:
+            head = self._whole_head(image)
+            probabilities.append(head if head is not None else self.predictor.predict(np.asarray(image.detach().cpu())))
         return torch.as_tensor(np.stack(probabilities))
+
+    def _whole_head(self, image: torch.Tensor) -> np.ndarray | None:
+        """The localised probabilities of a whole-head study on ``image``'s (the model's) grid, else None."""
+        if self.run is None:
+            return None
+        name = getattr(image, "meta", {}).get("case")
+        if name not in self.run.pending:
+            return None
+        _, volume, _ = self.run.pending[name]
+        spec = self.predictor.spec
+        if volume.is_2d_image or not should_localize(self.localize, spec, volume.array.shape[1:], volume.affine):
+            return None
+        saved = self.predictor.preprocessing
+        self.predictor.preprocessing = Normalize(spec.normalization)  # each box is normalised as the CLI does
+        try:
+            head = segment_whole_head(
+                self.predictor, volume.array, volume.affine, uncertainty=True, keep_probabilities=True
+            )
+        finally:
+            self.predictor.preprocessing = saved
+        self.run.whole_head[name] = head
+        moved = np.asarray(ModelGrid(spec).to_model(head.probabilities, volume.affine)["image"])
+        if moved.shape[1:] != tuple(image.shape[1:]):
+            raise ValueError(f"{name}: localised result of shape {moved.shape[1:]} for an image of {image.shape[1:]}")
+        return moved
 
 
 def as_float_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -238,15 +282,24 @@ class SaveCased(MapTransform):
         """``data`` unchanged; the case's files are written and its result recorded."""
         d = dict(data)
         case, volume, start = self.run.pending.pop(d["case"])
+        head = self.run.whole_head.pop(d["case"], None)
+        report = None
         for key in self.key_iterator(d):
             try:
                 labels = np.rint(np.asarray(torch.as_tensor(d[key]).detach().cpu())[0]).astype(np.uint8)
                 case_dir = self.output_dir / case.name
                 planned, notes = planned_outputs(case_dir, volume, self.formats, save_probs=False)
-                seg = Prediction(None, labels, str(self.predictor.device), self.predictor.device_reason)
                 spec = self.predictor.spec
-                rule = label_rule(spec, self.predictor.postprocessing)
-                notes += write_outputs(case_dir, volume, seg, spec, planned, self.overwrite, rule)
+                if head is not None:  # the localised labels on the study's own grid, exactly as the CLI writes them
+                    labels = head.labels
+                    seg = Prediction(None, labels, str(self.predictor.device), self.predictor.device_reason)
+                    args = (volume, seg, spec, head.registration, head.disagreement, self.formats, planned)
+                    planned, more, report = write_whole_head_outputs(*args, self.overwrite, uncertainty=False)
+                    notes += more
+                else:
+                    seg = Prediction(None, labels, str(self.predictor.device), self.predictor.device_reason)
+                    rule = label_rule(spec, self.predictor.postprocessing)
+                    notes += write_outputs(case_dir, volume, seg, spec, planned, self.overwrite, rule)
             except Exception as err:  # one bad case must not stop the batch
                 self.run.fail(case, err, start)
                 continue
@@ -255,5 +308,6 @@ class SaveCased(MapTransform):
             voxels = int((labels > 0).sum())
             slices = int(labels.shape[self.predictor.slice_axis_for(labels[None])])
             outputs = {k: str(v) for k, v in planned.items()}
-            self.run.results.append(CaseResult(case, True, time.monotonic() - start, slices, voxels, outputs))
+            result = CaseResult(case, True, time.monotonic() - start, slices, voxels, outputs, report=report)
+            self.run.results.append(result)
         return d
