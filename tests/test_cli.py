@@ -26,6 +26,7 @@ pytestmark = needs_data
         ([str(HIPPO), "--format", "jpeg"], "unknown --format"),
         ([str(HIPPO), "--model", "nosuchmodel"], "unknown model"),
         ([str(Path(__file__))], "not a DICOM folder, volume"),
+        ([str(HIPPO), "--model", "polyp", "--localize", "on"], "was not trained on crops"),
     ],
 )
 def test_bad_usage_exits_2_with_a_clear_message(tmp_path, args, message, capsys):
