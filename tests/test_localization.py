@@ -206,6 +206,16 @@ def test_errors():
         register_to_template(np.ones((20, 20, 20), np.float32), np.eye(4))
     with pytest.raises(ValueError, match="pixdim"):
         hippocampus_crops(Registration(np.eye(4), -0.5, 0.0), pixdim=0)
+    with pytest.raises(ValueError, match="trained_side"):
+        hippocampus_crops(Registration(np.eye(4), -0.5, 0.0), trained_side="both")
+
+
+def test_the_side_the_model_was_not_trained_on_is_the_mirrored_one():
+    identity = Registration(np.eye(4), -0.5, 0.0)
+    assert [(c.side, c.mirrored) for c in hippocampus_crops(identity)] == [("left", False), ("right", True)]
+    flipped = hippocampus_crops(identity, trained_side="right")
+    assert [(c.side, c.mirrored) for c in flipped] == [("left", True), ("right", False)]
+    assert np.linalg.det(flipped[0].affine[:3, :3]) < 0 < np.linalg.det(flipped[1].affine[:3, :3])
 
 
 @needs_data

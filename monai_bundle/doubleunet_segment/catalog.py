@@ -54,6 +54,10 @@ class ModelSpec:
             reoriented to it before inference and the labels back after; None: used as given (2D frames).
         pixdim: the voxel size in mm the model was trained at, (X, Y, Z): volumes are resampled to it
             before inference and the labels back to the input grid after; None: used as given.
+        crop_size: for a model trained on crops around one structure, the crops' size in mm (X, Y, Z): a study
+            far larger is localised first (:mod:`doubleunet_segment.inference.whole_head`); None: whole images.
+        crop_side: the side the training crops show (``left`` or ``right``); the other side is mirrored to look
+            like it. None: the crops are not of one side.
         segments: a named set of :data:`SEGMENT_SETS`, or a list of :class:`SegmentInfo` dicts.
         description: free text for people.
         extra: the spec file's other keys (the weights' licence), kept as they are.
@@ -73,6 +77,8 @@ class ModelSpec:
     largest_component: bool = False  # keep only each class's largest connected piece of the label map
     axcodes: str | None = None  # trained orientation (e.g. "RAS"); None: as given
     pixdim: tuple[float, float, float] | None = None  # trained voxel size in mm; None: as given
+    crop_size: tuple[float, float, float] | None = None  # training crops' size in mm; None: whole images
+    crop_side: str | None = None  # the side the training crops show ("left"/"right"); None: not one side
     segments: str | list = "polyp"  # a named set of SEGMENT_SETS, or a list of SegmentInfo dicts
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -95,8 +101,9 @@ class ModelSpec:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k not in own}
         extra = {k: v for k, v in d.items() if k not in cls.__dataclass_fields__}
         known["roi_size"] = tuple(known.get("roi_size", (256, 256)))
-        if known.get("pixdim") is not None:
-            known["pixdim"] = tuple(float(v) for v in known["pixdim"])
+        for key in ("pixdim", "crop_size"):
+            if known.get(key) is not None:
+                known[key] = tuple(float(v) for v in known[key])
         return cls(name=name, weights=models_dir / d["weights"], extra=extra, bundle=bundle, **known)
 
     def segment_infos(self) -> list[SegmentInfo]:

@@ -23,7 +23,7 @@ from .inference.predictor import Predictor
 from .inference.progress import show_log_on_stderr
 from .inference.runner import FORMATS, check_output_location, parse_formats, segment_cases
 from .inference.sharding import local_device, shard_of
-from .inference.whole_head import crop_size
+from .inference.whole_head import check_localize
 
 __all__ = ["EPILOG", "build_parser", "check_usage", "main"]
 
@@ -167,8 +167,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, results: lis
         cases = cases[rank::world]
         found.extend(cases)
         spec = resolve_model(args.model)
-        if args.localize == "on" and crop_size(spec) is None:
-            raise ValueError(f"--localize on: model {spec.name!r} was not trained on crops; nothing to localise")
+        check_localize(args.localize, spec)
         if args.threshold is not None:
             spec.threshold = args.threshold
         if args.largest_component is not None:

@@ -352,28 +352,32 @@ def register_to_template(array: np.ndarray, affine: np.ndarray) -> Registration:
     return Registration(np.linalg.inv(template_to_subject), metric, time.perf_counter() - start)
 
 
-def hippocampus_crops(registration: Registration, pixdim: float = 1.0) -> list[Crop]:
+def hippocampus_crops(registration: Registration, pixdim: float = 1.0, trained_side: str = "left") -> list[Crop]:
     """The subject-space crops of :data:`HIPPOCAMPUS_BOXES_MNI`, left then right.
 
     Each crop is centred on its box's centre mapped through the registration; its axes are the template's
     (the rotation of the polar decomposition of the template -> subject linear part: shear and scaling are left
     out so that voxels stay cubic); its extent along each axis is the box's, scaled by how long that template
-    axis is in the subject, so the crop covers the mapped box. The right crop is mirrored left-right
-    (:attr:`Crop.mirrored`, X column of the affine negated).
+    axis is in the subject, so the crop covers the mapped box. The crop of the side the model was not
+    trained on is mirrored left-right (:attr:`Crop.mirrored`, X column of the affine negated).
 
     Args:
         registration: from :func:`register_to_template`.
         pixdim: crop voxel size in subject mm (the model's: 1 mm for the MSD hippocampus model).
+        trained_side: the side the model's training crops show (``left`` for the MSD hippocampus model).
 
     Returns:
         ``[left, right]``; (47, 63, 47) each at 1 mm for the sample head (the template's brain is larger than
         most, so most heads get a little less than the box's 48 x 64 x 52 mm in voxels).
 
     Raises:
-        ValueError: ``pixdim`` not positive, or a registration that flips or collapses space.
+        ValueError: ``pixdim`` not positive, ``trained_side`` neither side, or a registration that flips or
+            collapses space.
     """
     if not pixdim > 0:
         raise ValueError(f"pixdim must be positive, got {pixdim}")
+    if trained_side not in HIPPOCAMPUS_BOXES_MNI:
+        raise ValueError(f"trained_side must be one of {sorted(HIPPOCAMPUS_BOXES_MNI)}, got {trained_side!r}")
     to_subject = registration.template_to_subject
     linear = to_subject[:3, :3]
     if not np.linalg.det(linear) > 1e-6:
@@ -386,7 +390,7 @@ def hippocampus_crops(registration: Registration, pixdim: float = 1.0) -> list[C
     for side, (low, high) in HIPPOCAMPUS_BOXES_MNI.items():
         low, high = np.asarray(low), np.asarray(high)
         shape = tuple(int(n) for n in np.maximum(1, np.ceil((high - low) * axis_mm / pixdim - 1e-6)))
-        mirrored = side == "right"
+        mirrored = side != trained_side
         columns = rotation * pixdim
         if mirrored:
             columns = columns * np.array([-1.0, 1.0, 1.0])

@@ -19,7 +19,6 @@ The end-of-run table goes to this module's logger at INFO, one record per line: 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -44,7 +43,7 @@ from .batching import prefetch
 from .geometry import ModelGrid
 from .predictor import Prediction, Predictor
 from .progress import Reporter
-from .whole_head import LR_SEGMENT_SET, segment_whole_head, should_localize
+from .whole_head import segment_whole_head, should_localize, whole_head_spec
 
 __all__ = [
     "FORMATS",
@@ -466,7 +465,7 @@ def write_whole_head_outputs(
     """
     from ..reporting.case_report import CaseReport
 
-    spec = dataclasses.replace(spec, segments=LR_SEGMENT_SET)
+    spec = whole_head_spec(spec)
     report = CaseReport.build(volume, seg.labels, spec.segment_infos(), registration, disagreement)
     qc = report.qc
     notes = [f"QC {qc['verdict']}" + (f": {qc['reason']}" if qc["reason"] else "")]

@@ -16,6 +16,7 @@ labels are pasted back: left anterior 1, left posterior 2, right anterior 3, rig
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,7 +36,15 @@ from .localization import (
 )
 from .predictor import Predictor
 
-__all__ = ["LOCALIZE_CHOICES", "LR_SEGMENT_SET", "WholeHeadResult", "segment_whole_head", "should_localize"]
+__all__ = [
+    "LOCALIZE_CHOICES",
+    "LR_SEGMENT_SET",
+    "WholeHeadResult",
+    "check_localize",
+    "segment_whole_head",
+    "should_localize",
+    "whole_head_spec",
+]
 
 LOCALIZE_CHOICES = ("auto", "on", "off")
 LR_SEGMENT_SET = "hippocampus_lr"  # doubleunet_segment.segments.HIPPOCAMPUS_LR_SEGMENTS: values 1-4
@@ -66,10 +75,22 @@ class WholeHeadResult:
     notes: list[str] = field(default_factory=list)
 
 
-def crop_size(spec: ModelSpec) -> tuple[float, float, float] | None:
-    """The training crop's size in mm (X, Y, Z) for a crop-trained model (``crop_size`` in its spec), else None."""
-    size = spec.extra.get("crop_size")
-    return tuple(float(s) for s in size) if size else None  # type: ignore[return-value]
+def check_localize(choice: str, spec: ModelSpec) -> None:
+    """Refuse a ``--localize`` choice no study could use with this model.
+
+    Raises:
+        ValueError: ``choice`` is not one of :data:`LOCALIZE_CHOICES`, or ``on`` for a model not trained on crops
+            (no ``crop_size`` in its spec: nothing to localise).
+    """
+    if choice not in LOCALIZE_CHOICES:
+        raise ValueError(f"--localize must be one of {', '.join(LOCALIZE_CHOICES)}, got {choice!r}")
+    if choice == "on" and spec.crop_size is None:
+        raise ValueError(f"--localize on: model {spec.name!r} was not trained on crops (no crop_size in its spec)")
+
+
+def whole_head_spec(spec: ModelSpec) -> ModelSpec:
+    """``spec`` labelling a whole head: its segments are the left/right set (:data:`LR_SEGMENT_SET`)."""
+    return dataclasses.replace(spec, segments=LR_SEGMENT_SET)
 
 
 def should_localize(choice: str, spec: ModelSpec, shape: tuple[int, ...], affine: np.ndarray) -> bool:
@@ -82,18 +103,12 @@ def should_localize(choice: str, spec: ModelSpec, shape: tuple[int, ...], affine
         affine: its 4x4 voxel -> RAS mm affine.
 
     Raises:
-        ValueError: ``choice`` is unknown, or ``on`` for a model not trained on crops (nothing to localise).
+        ValueError: as :func:`check_localize`.
     """
-    if choice not in LOCALIZE_CHOICES:
-        raise ValueError(f"--localize must be one of {', '.join(LOCALIZE_CHOICES)}, got {choice!r}")
-    size = crop_size(spec)
-    if choice == "off":
+    check_localize(choice, spec)
+    if choice == "off" or spec.crop_size is None:
         return False
-    if size is None:
-        if choice == "on":
-            raise ValueError(f"--localize on: model {spec.name!r} was not trained on crops (no crop_size in its spec)")
-        return False
-    return choice == "on" or is_whole_head(tuple(shape[:3]), affine, size)
+    return choice == "on" or is_whole_head(tuple(shape[:3]), affine, spec.crop_size)
 
 
 def stage_disagreement(predictor: Predictor, crop: np.ndarray) -> np.ndarray:
@@ -163,7 +178,7 @@ def segment_whole_head(
         probabilities = np.zeros((1 + 2 * classes, *shape), dtype=np.float32)
         probabilities[0] = 1.0  # outside the boxes: background
     start = time.monotonic()
-    crops = hippocampus_crops(registration)
+    crops = hippocampus_crops(registration, trained_side=predictor.spec.crop_side or "left")
     for done, crop in enumerate(crops):
         patch = extract(grey, affine, crop)
         seg = predictor.segment(patch[None], keep_probabilities=probabilities is not None)

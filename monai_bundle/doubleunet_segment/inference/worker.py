@@ -25,7 +25,6 @@ class probabilities, without the network.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -42,7 +41,7 @@ from . import protocol
 from .predictor import Prediction, Predictor
 from .progress import Reporter
 from .runner import CaseResult, failure_message, label_rule, planned_outputs, run_case, write_outputs
-from .whole_head import LR_SEGMENT_SET, WholeHeadResult, segment_whole_head, should_localize
+from .whole_head import WholeHeadResult, segment_whole_head, should_localize, whole_head_spec
 
 
 class RequestReporter(Reporter):
@@ -191,7 +190,7 @@ class Worker:
                 volume = crop_slices(volume, axis, k0, k1)
                 labels, probabilities = _slab(labels, axis, k0, k1), _slab(probabilities, axis, k0, k1)
             save_probabilities = bool(request.get("save_probabilities", True))
-            spec = dataclasses.replace(self.predictor.spec, segments=LR_SEGMENT_SET)
+            spec = whole_head_spec(self.predictor.spec)
             seg = Prediction(
                 probabilities if save_probabilities else None,
                 labels,

@@ -286,18 +286,19 @@ class SaveCased(MapTransform):
         report = None
         for key in self.key_iterator(d):
             try:
-                labels = np.rint(np.asarray(torch.as_tensor(d[key]).detach().cpu())[0]).astype(np.uint8)
+                if head is not None:  # the localised labels on the study's own grid, exactly as the CLI writes them
+                    labels = head.labels
+                else:
+                    labels = np.rint(np.asarray(torch.as_tensor(d[key]).detach().cpu())[0]).astype(np.uint8)
                 case_dir = self.output_dir / case.name
                 planned, notes = planned_outputs(case_dir, volume, self.formats, save_probs=False)
                 spec = self.predictor.spec
-                if head is not None:  # the localised labels on the study's own grid, exactly as the CLI writes them
-                    labels = head.labels
-                    seg = Prediction(None, labels, str(self.predictor.device), self.predictor.device_reason)
+                seg = Prediction(None, labels, str(self.predictor.device), self.predictor.device_reason)
+                if head is not None:
                     args = (volume, seg, spec, head.registration, head.disagreement, self.formats, planned)
                     planned, more, report = write_whole_head_outputs(*args, self.overwrite, uncertainty=False)
                     notes += more
                 else:
-                    seg = Prediction(None, labels, str(self.predictor.device), self.predictor.device_reason)
                     rule = label_rule(spec, self.predictor.postprocessing)
                     notes += write_outputs(case_dir, volume, seg, spec, planned, self.overwrite, rule)
             except Exception as err:  # one bad case must not stop the batch
