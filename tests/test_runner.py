@@ -239,3 +239,38 @@ def test_a_dicom_seg_the_source_cannot_carry_is_a_note_and_the_other_outputs_are
     assert not list(out.rglob("*.tmp*"))
     assert "seg.dcm" not in json.loads((case / "segments.json").read_text())["files"].values()
     assert "SEG not written" in capsys.readouterr().err
+
+
+@needs_data
+def test_a_seg_that_fails_to_build_takes_the_outputs_referencing_it_along(tmp_path, monkeypatch):
+    """When building the DICOM SEG fails at write time (after the up-front check passed), the SR that would
+    reference it is dropped with a note too, and the rest of the case is still written."""
+    from doubleunet_segment.catalog import read_catalog
+    from doubleunet_segment.data import dicom_seg
+    from doubleunet_segment.data.cases import discover
+    from doubleunet_segment.inference.predictor import Prediction
+    from doubleunet_segment.inference.runner import planned_outputs, write_outputs
+
+    def refuse(*args, **kwargs):
+        raise ValueError("highdicom refused the source header")
+
+    monkeypatch.setattr(dicom_seg, "write_dicom_seg", refuse)
+    (case,), _ = discover([str(CT)])
+    volume = case.load()
+    case_dir = tmp_path / "case"
+    planned, _ = planned_outputs(case_dir, volume, {"nifti", "dicom-seg"}, False)
+    assert "dicom-seg" in planned
+    planned = {
+        "nifti": planned["nifti"],
+        "dicom-seg": planned["dicom-seg"],
+        "dicom-sr": case_dir / "sr.dcm",
+        "segments": planned["segments"],
+    }
+    written = []
+    extra = {"dicom-sr": lambda target, staged: written.append(target)}
+    labels = np.zeros(volume.array.shape[1:], np.uint8)
+    seg = Prediction(None, labels, "cpu", "test")
+    notes = write_outputs(case_dir, volume, seg, read_catalog()["polyp"], planned, False, None, extra)
+    assert not written and set(planned) == {"nifti", "segments"}
+    assert any("DICOM SEG not written" in n for n in notes) and "DICOM SR not written: it references the SEG" in notes
+    assert sorted(p.name for p in case_dir.iterdir()) == ["segmentation.nii.gz", "segments.json"]

@@ -67,6 +67,7 @@ logger = logging.getLogger(__name__)
 
 FORMATS = ("nifti", "dicom-seg", "png", "seg-nrrd")
 ExtraWriter = Callable[[Path, dict[str, Path]], None]  # (temporary target, every staged target) -> None
+SEG_REFERENCES = ("dicom-sr",)  # output kinds that reference the DICOM SEG: not written when the SEG is not
 
 
 def parse_formats(text: str | Sequence[str] | None) -> set[str]:
@@ -234,7 +235,8 @@ def write_outputs(
 
     The DICOM SEG is built first, into a hidden temporary file: if building it raises (a source the SEG
     cannot carry: no Modality, an old-style StudyTime, ...), it is dropped from ``planned`` (which is
-    changed in place) with a note, and the other outputs are still written.
+    changed in place) with a note, together with the outputs that reference it (:data:`SEG_REFERENCES`: the
+    DICOM SR), and the other outputs are still written.
 
     Every file is first written beside its target under a temporary name; only when all are complete are
     they moved into place in ``planned``'s order (``segments.json`` last, so its presence means done). If a
@@ -287,6 +289,9 @@ def write_outputs(
                 prebuilt.pop("dicom-seg").unlink(missing_ok=True)
                 del planned["dicom-seg"]
                 notes.append(f"DICOM SEG not written: {type(err).__name__}: {err}")
+                for kind in SEG_REFERENCES:  # what references the SEG goes with it
+                    if planned.pop(kind, None) is not None:
+                        notes.append(f"{kind.upper().replace('-', ' ')} not written: it references the SEG")
         names = {k: p.name for k, p in planned.items()}
         with atomic_files(planned, overwrite=overwrite) as staged:
             _write_files(volume, seg, spec, staged, names, rule or label_rule(spec), prebuilt, extra or {})
@@ -476,8 +481,6 @@ def write_whole_head_outputs(
     plan = {**{k: v for k, v in planned.items() if k != "segments"}, **extra, "segments": planned["segments"]}
     writers = {kind: (lambda target, staged, kind=kind: report.write(kind, target, staged)) for kind in extra}
     notes += write_outputs(case_dir, volume, seg, spec, plan, overwrite, label_rule(spec), writers)
-    if "dicom-sr" in extra and "dicom-seg" not in plan:  # the SEG was dropped (a note says why): no SR to write
-        notes.append("DICOM SR not written: it references the SEG")
     return plan, notes, report
 
 
