@@ -366,7 +366,9 @@ def test_evaluate_writes_per_case_metrics(tmp_path, polyp_model):
     assert len(rows) == 2 and {r["class"] for r in rows} == {"Polyp"}
     assert {"dice", "iou", "precision", "recall", "hd95"} <= set(rows[0])
     summary = list(csv.DictReader((out / "summary.csv").open()))
-    assert [s["statistic"] for s in summary] == ["mean", "median", "std"]
+    assert [s["statistic"] for s in summary] == ["mean", "median", "std", "ci95_low", "ci95_high"]
+    dice = {s["statistic"]: float(s["dice"]) for s in summary}
+    assert dice["ci95_low"] <= dice["mean"] <= dice["ci95_high"]
 
 
 @needs_data

@@ -121,3 +121,51 @@ def test_a_2d_image_is_sliced_in_its_own_plane_by_a_model_slicing_along_y(hippo_
     calls.clear()
     assert predictor.segment(volume, progress=lambda d, t: calls.append((d, t))).labels.shape == (12, 5, 3)
     assert calls[-1] == (5, 5)
+
+
+def test_a_multi_view_model_averages_the_probabilities_of_each_of_its_axes(hippo_model, tmp_path):
+    """``"slice_axis": [1, 0, 2]`` in model.json: every view segmented, probabilities averaged, labels from the mean."""
+    import json
+    import shutil
+
+    from doubleunet_segment.catalog import load_model
+    from doubleunet_segment.inference.inferer import DoubleUNetInferer
+
+    def spec_with(name: str, slice_axis) -> object:
+        model = tmp_path / f"{name}.pt"
+        shutil.copy(hippo_model, model)
+        spec_file = json.loads(hippo_model.with_suffix(".json").read_text())
+        model.with_suffix(".json").write_text(json.dumps({**spec_file, "slice_axis": slice_axis}))
+        return resolve_model(str(model))
+
+    multi = spec_with("multi", [1, 0, 2])
+    assert (multi.slice_axis, multi.consensus_axes, multi.views, multi.slice_axis_setting) == (
+        1,
+        (1, 0, 2),
+        (1, 0, 2),
+        [1, 0, 2],
+    )
+    network = load_model(multi)
+    volume = (
+        read_volume_file(REAL_VOLUMES[-1]).array[:, :20, :24, :16]
+        if DATA.is_dir()
+        else (np.random.default_rng(0).random((1, 20, 24, 16), dtype=np.float32))
+    )
+    kwargs = dict(network=network, precision="fp32", backend="torch", skip_empty=False, batch_size=8)
+    predictor = Predictor(multi, "cpu", **kwargs)
+    calls = []
+    seg = predictor.segment(volume, progress=lambda d, t: calls.append((d, t)))
+    singles = [Predictor(spec_with(f"axis{a}", a), "cpu", **kwargs).predict(volume) for a in (1, 0, 2)]
+    np.testing.assert_allclose(seg.probabilities, np.mean(singles, axis=0), atol=1e-5)
+    assert not np.allclose(singles[0], singles[1], atol=1e-3)  # the views do differ
+    np.testing.assert_array_equal(seg.labels, predictor.postprocessing(seg.probabilities))
+    assert calls[-1] == (20 + 24 + 16, 20 + 24 + 16) and predictor.inferer.slice_axis == 1
+    np.testing.assert_allclose(predictor.predict(volume), seg.probabilities, atol=1e-6)
+    # the bundle configs' inferer takes the same list and gives the same mean
+    inferer = DoubleUNetInferer(3, (48, 48), [1, 0, 2], "sliding_window", sw_batch_size=8, amp=False)
+    x = predictor.preprocessing(volume)[None]
+    np.testing.assert_allclose(inferer(x, network.eval())[0].numpy(), seg.probabilities, atol=1e-4)
+    with pytest.raises(ValueError, match="slice_axis"):
+        spec_with("bad", [1, 1])
+    with pytest.raises(ValueError, match="slice_axis"):
+        DoubleUNetInferer(3, (48, 48), [3])

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import paths
@@ -46,10 +47,18 @@ class ModelSpec:
         normalization: one of :data:`doubleunet_segment.transforms.NORMALIZATIONS`.
         inplane: ``resize`` whole slices to ``roi_size``, or ``sliding_window`` over them.
         roi_size: the trained slice size (H, W) in pixels.
-        slice_axis: the volume axis (0, 1 or 2 of X, Y, Z) that is cut into 2D slices.
+        slice_axis: the volume axis (0, 1 or 2 of X, Y, Z) that is cut into 2D slices (with ``consensus_axes``:
+            the first of them, which slab previews and progress follow).
+        consensus_axes: multi-view consensus: the axes whose slices are all segmented and whose probabilities
+            are averaged; empty: ``slice_axis`` alone. ``model.json`` writes both as one list, ``"slice_axis":
+            [1, 0, 2]``, first axis first.
         context: 2.5D: neighbouring slices on each side given as extra channels.
         threshold: foreground probability cut for binary models.
         largest_component: keep only each class's largest connected piece of the label map.
+        fill_holes: fill each class's enclosed holes, slice by slice.
+        min_component_fraction: drop pieces smaller than this fraction of a slice's pixels, slice by slice
+            (0: none). The three clean-up steps are on only where they raised validation Dice
+            (:func:`doubleunet_segment.transforms.postprocess_labels`).
         axcodes: the orientation the model was trained in (nibabel axis codes, e.g. ``RAS``): volumes are
             reoriented to it before inference and the labels back after; None: used as given (2D frames).
         pixdim: the voxel size in mm the model was trained at, (X, Y, Z): volumes are resampled to it
@@ -72,9 +81,12 @@ class ModelSpec:
     inplane: str = "resize"  # "resize" whole slices to roi_size, or "sliding_window" over them
     roi_size: tuple[int, int] = (256, 256)
     slice_axis: int = 2
+    consensus_axes: tuple[int, ...] = ()  # multi-view: axes whose probabilities are averaged; (): slice_axis only
     context: int = 0  # 2.5D: neighbouring slices on each side given as channels
     threshold: float = 0.5
     largest_component: bool = False  # keep only each class's largest connected piece of the label map
+    fill_holes: bool = False  # fill each class's enclosed holes, slice by slice
+    min_component_fraction: float = 0.0  # drop pieces under this fraction of a slice's pixels
     axcodes: str | None = None  # trained orientation (e.g. "RAS"); None: as given
     pixdim: tuple[float, float, float] | None = None  # trained voxel size in mm; None: as given
     crop_size: tuple[float, float, float] | None = None  # training crops' size in mm; None: whole images
@@ -96,15 +108,45 @@ class ModelSpec:
 
         Raises:
             KeyError: ``d`` has no ``weights``.
+            ValueError: ``slice_axis`` is a list with an axis other than 0, 1, 2 or a repeated one.
         """
         own = ("name", "weights", "bundle", "extra")
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k not in own}
         extra = {k: v for k, v in d.items() if k not in cls.__dataclass_fields__}
         known["roi_size"] = tuple(known.get("roi_size", (256, 256)))
+        if isinstance(known.get("slice_axis"), list):  # [1, 0, 2]: multi-view, the first axis leads
+            axes = tuple(int(a) for a in known["slice_axis"])
+            if not axes or len(set(axes)) != len(axes) or any(a not in (0, 1, 2) for a in axes):
+                raise ValueError(f"model {name!r}: slice_axis must be 0, 1, 2 or a list of distinct ones, got {axes}")
+            known["slice_axis"], known["consensus_axes"] = axes[0], axes if len(axes) > 1 else ()
         for key in ("pixdim", "crop_size"):
             if known.get(key) is not None:
                 known[key] = tuple(float(v) for v in known[key])
         return cls(name=name, weights=models_dir / d["weights"], extra=extra, bundle=bundle, **known)
+
+    @property
+    def views(self) -> tuple[int, ...]:
+        """The slice axes whose probabilities make the prediction: ``consensus_axes``, or ``(slice_axis,)``."""
+        return self.consensus_axes or (self.slice_axis,)
+
+    @property
+    def slice_axis_setting(self) -> int | list[int]:
+        """``slice_axis`` as ``model.json`` and the bundle configs write it: an int, or the consensus list."""
+        return list(self.consensus_axes) if self.consensus_axes else self.slice_axis
+
+    def postprocess(self, labels: np.ndarray, slice_axis: int | None = None) -> np.ndarray:
+        """This model's label clean-up (:func:`doubleunet_segment.transforms.postprocess_labels`) of an
+        (X, Y, Z) label map; ``slice_axis`` defaults to the model's."""
+        from .transforms import postprocess_labels
+
+        return postprocess_labels(
+            labels,
+            max(1, self.out_channels - 1),
+            self.slice_axis if slice_axis is None else slice_axis,
+            self.largest_component,
+            self.fill_holes,
+            self.min_component_fraction,
+        )
 
     def segment_infos(self) -> list[SegmentInfo]:
         """Names, colours and codes of the label values this model writes.

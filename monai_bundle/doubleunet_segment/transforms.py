@@ -25,6 +25,7 @@ __all__ = [
     "keep_largest_components",
     "normalize",
     "normalize_each_slice",
+    "postprocess_labels",
     "probabilities_to_labels",
     "zscore_nonzero",
 ]
@@ -260,6 +261,55 @@ def keep_largest_components(labels: np.ndarray, classes: int) -> np.ndarray:
     """
     keep = KeepLargestConnectedComponent(applied_labels=list(range(1, classes + 1)), independent=True)
     return np.asarray(keep(torch.as_tensor(labels[None]))[0], dtype=labels.dtype)
+
+
+def postprocess_labels(
+    labels: np.ndarray,
+    classes: int,
+    slice_axis: int = 2,
+    largest_component: bool = False,
+    fill_holes: bool = False,
+    min_component_fraction: float = 0.0,
+) -> np.ndarray:
+    """A model's label clean-up, in this order: drop small pieces, fill holes, keep the largest piece.
+
+    Each step is on per model (``models/model.json``) only where it raised validation Dice
+    (:mod:`doubleunet_segment.release.split_evaluation` chooses them). The first two work slice by slice along
+    ``slice_axis``, as the 2D network saw the data: ``scipy.ndimage.binary_fill_holes`` per class, and
+    ``skimage.morphology.remove_small_objects`` (8-connected) per class; the largest piece is kept in 3D
+    (:func:`keep_largest_components`).
+
+    Args:
+        labels: (X, Y, Z) label map (a 2D image is (X, Y, 1) with ``slice_axis`` 2); not modified.
+        classes: the highest label value to clean (1 for binary models).
+        slice_axis: the axis (0..2) the model slices along.
+        largest_component: keep only each class's largest 3D piece.
+        fill_holes: fill each class's enclosed holes, slice by slice.
+        min_component_fraction: drop pieces smaller than this fraction of a slice's pixels, slice by slice.
+
+    Returns:
+        The cleaned (X, Y, Z) label map, same dtype.
+    """
+    from scipy.ndimage import binary_fill_holes
+    from skimage.morphology import remove_small_objects
+
+    out = labels.copy()
+    if min_component_fraction > 0 or fill_holes:
+        planes = np.moveaxis(out, slice_axis, 0)  # a view: writes go to ``out``
+        min_size = int(round(min_component_fraction * planes[0].size))
+        for plane in planes:
+            for value in range(1, classes + 1):
+                mask = plane == value
+                if not mask.any():
+                    continue
+                if min_size > 0:
+                    plane[mask & ~remove_small_objects(mask, max_size=min_size - 1, connectivity=2)] = 0
+                    mask = plane == value
+                if fill_holes:
+                    plane[binary_fill_holes(mask) & (plane == 0)] = value
+    if largest_component:
+        out = keep_largest_components(out, classes)
+    return out
 
 
 def add_slice_context(volume: torch.Tensor, axis: int, context: int) -> torch.Tensor:

@@ -76,7 +76,8 @@ class DoubleUNetInferer(Inferer):
     Args:
         out_channels: K (1 = binary, sigmoid; more = classes, softmax).
         roi_size: the trained in-plane size.
-        slice_axis: 0, 1 or 2 of (X, Y, Z) for volumes.
+        slice_axis: 0, 1 or 2 of (X, Y, Z) for volumes, or several of them: then the probabilities of each
+            axis' slices are averaged (multi-view consensus; 2D inputs always use their one plane).
         inplane: ``resize`` (whole slice scaled to roi_size) or ``sliding_window``.
         sw_batch_size: slices (or windows) per forward pass.
         overlap: sliding-window overlap.
@@ -94,7 +95,7 @@ class DoubleUNetInferer(Inferer):
         self,
         out_channels: int = 1,
         roi_size: Sequence[int] = (256, 256),
-        slice_axis: int = 2,
+        slice_axis: int | Sequence[int] = 2,
         inplane: str = "resize",
         sw_batch_size: int = 4,
         overlap: float = 0.25,
@@ -110,6 +111,7 @@ class DoubleUNetInferer(Inferer):
             raise ValueError(f"inplane must be 'resize' or 'sliding_window', got {inplane!r}")
         self.out_channels = out_channels
         self.roi_size = tuple(roi_size)
+        _as_axes(slice_axis)  # a bad axis fails here rather than at the first call
         self.slice_axis = slice_axis
         self.inplane = inplane
         self.sw_batch_size = sw_batch_size
@@ -118,6 +120,11 @@ class DoubleUNetInferer(Inferer):
         self.amp = amp
         self.precision = precision
         self.channels_last = channels_last
+
+    @property
+    def slice_axes(self) -> tuple[int, ...]:
+        """``slice_axis`` as a tuple of axes (the predictor may set ``slice_axis`` to each view in turn)."""
+        return _as_axes(self.slice_axis)
 
     def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
         """The dtype to autocast to on ``device``, or None for plain float32."""
@@ -154,24 +161,39 @@ class DoubleUNetInferer(Inferer):
         """
         is_2d = inputs.ndim == 4
         volume = inputs[..., None] if is_2d else inputs
-        axis = 2 if is_2d else self.slice_axis
+        axes = (2,) if is_2d else self.slice_axes
         resize = self.inplane == "resize"
         model = ProbabilityNet(
             network, self.out_channels, self.roi_size if resize else None, self.tta, self.channels_last
         )
-        plane = [s for i, s in enumerate(volume.shape[2:]) if i != axis]
-        slicer = SliceInferer(
-            spatial_dim=axis,
-            roi_size=plane if resize else list(self.roi_size),
-            sw_batch_size=self.sw_batch_size,
-            overlap=self.overlap,
-            mode="gaussian",
-        )
         dtype = self.autocast_dtype(volume.device)
+        out = None
         with torch.inference_mode(), torch.autocast(volume.device.type, dtype=dtype, enabled=dtype is not None):
-            out = slicer(volume, model)
-        out = torch.as_tensor(out).float()
+            for axis in axes:
+                plane = [s for i, s in enumerate(volume.shape[2:]) if i != axis]
+                slicer = SliceInferer(
+                    spatial_dim=axis,
+                    roi_size=plane if resize else list(self.roi_size),
+                    sw_batch_size=self.sw_batch_size,
+                    overlap=self.overlap,
+                    mode="gaussian",
+                )
+                p = torch.as_tensor(slicer(volume, model)).float()
+                out = p if out is None else out + p
+        out = out / len(axes)
         return out[..., 0] if is_2d else out
+
+
+def _as_axes(slice_axis: int | Sequence[int]) -> tuple[int, ...]:
+    """``2`` -> ``(2,)``, ``[1, 0, 2]`` -> ``(1, 0, 2)``.
+
+    Raises:
+        ValueError: an axis other than 0, 1 or 2, or none.
+    """
+    axes = (slice_axis,) if isinstance(slice_axis, int) else tuple(int(a) for a in slice_axis)
+    if not axes or any(a not in (0, 1, 2) for a in axes):
+        raise ValueError(f"slice_axis must be 0, 1, 2 or a list of them, got {slice_axis!r}")
+    return axes
 
 
 def cpu_supports_bf16() -> bool:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import torch
 from .. import paths
 from ..catalog import ModelSpec, load_model
 from ..networks.doubleunet import DoubleUNet
-from ..transforms import Normalize, ProbabilitiesToLabels, keep_largest_components, normalize_each_slice
+from ..transforms import Normalize, ProbabilitiesToLabels, normalize_each_slice
 from .batching import OutOfMemory, default_batch_size, empty_slices, run_in_batches
 from .inferer import DoubleUNetInferer
 from .precision import choose_backend, choose_precision, time_call, validation_images, weights_key
@@ -341,12 +342,64 @@ class Predictor:
             self.precision = self.inferer.precision = "fp32"
 
     @staticmethod
+    def _get(out: np.ndarray, axis: int, index: np.ndarray) -> np.ndarray:
+        """``out[..., index, ...]`` along the slice axis of a (K, X, Y, Z) array."""
+        where = [slice(None)] * out.ndim
+        where[axis + out.ndim - 3] = index
+        return out[tuple(where)]
+
+    @staticmethod
     def _put(out: np.ndarray, axis: int, index: np.ndarray, values: np.ndarray) -> None:
         """``out[..., index, ...] = values`` along the slice axis of a (K, X, Y, Z) or (X, Y, Z) array."""
         dim = axis + out.ndim - 3
         where = [slice(None)] * out.ndim
         where[dim] = index
         out[tuple(where)] = values
+
+    def views_for(self, volume: np.ndarray) -> tuple[int, ...]:
+        """The slice axes whose probabilities are averaged for a (C, X, Y, Z) ``volume``: the spec's consensus
+        axes (multi-view models), else the one axis of :meth:`slice_axis_for` (always so for a single slice)."""
+        if volume.shape[-1] != 1 and len(self.spec.views) > 1:
+            return self.spec.views
+        return (self.slice_axis_for(volume),)
+
+    @contextmanager
+    def _along(self, axis: int) -> Iterator[None]:
+        """Slice along ``axis`` for the duration (the inferer's axis is what :meth:`slice_axis_for` follows)."""
+        saved = self.inferer.slice_axis
+        self.inferer.slice_axis = axis
+        try:
+            yield
+        finally:
+            self.inferer.slice_axis = saved
+
+    def _probabilities(
+        self, volume: np.ndarray, progress: ProgressCallback | None, independent_slices: bool
+    ) -> tuple[np.ndarray, int]:
+        """(K, X, Y, Z) probabilities averaged over :meth:`views_for`, and the slices skipped as empty."""
+        views = self.views_for(volume)
+        out = np.zeros((self.spec.out_channels, *volume.shape[1:]), dtype=np.float32)
+        if len(views) == 1:
+            axis = views[0]
+            skipped = self._stream(
+                volume, lambda index, p: self._put(out, axis, index, p.numpy()), progress, independent_slices
+            )
+            return out, skipped
+        total = sum(volume.shape[1 + a] for a in views)
+        done, skipped = 0, 0
+        for axis in views:
+
+            def add(index: np.ndarray, p: torch.Tensor, axis: int = axis) -> None:
+                self._put(out, axis, index, self._get(out, axis, index) + p.numpy() / len(views))
+
+            def report(d: int, n: int, offset: int = done) -> None:
+                if progress:
+                    progress(offset + d, total)
+
+            with self._along(axis):
+                skipped += self._stream(volume, add, report, independent_slices)
+            done += volume.shape[1 + axis]
+        return out, skipped
 
     def predict(
         self,
@@ -355,12 +408,13 @@ class Predictor:
         chunk: int | None = None,
         independent_slices: bool = False,
     ) -> np.ndarray:
-        """(C, X, Y, Z) volume -> (K, X, Y, Z) float32 probabilities, along the model's slice axis.
+        """(C, X, Y, Z) volume -> (K, X, Y, Z) float32 probabilities, along the model's slice axis (a multi-view
+        model: the mean of each of its axes' probabilities).
 
         Args:
             volume: (C, X, Y, Z) in input units; a 2D image is (C, H, W, 1). Grey volumes are expanded
                 for RGB models and RGB averaged for grey ones. Not modified.
-            progress: called with (slices done, slices in total) after each batch.
+            progress: called with (slices done, slices in total) after each batch (over all views).
             chunk: slices per forward pass for this call, instead of the predictor's batch size.
             independent_slices: the slices along Z are separate pictures (a cine loop without patient
                 geometry): each is normalised as the same picture given alone would be.
@@ -374,14 +428,11 @@ class Predictor:
         saved = self.inferer.sw_batch_size
         if chunk:
             self.inferer.sw_batch_size = chunk
-        axis = self.slice_axis_for(volume)
-        out = np.zeros((self.spec.out_channels, *volume.shape[1:]), dtype=np.float32)
         try:
-            self._stream(volume, lambda index, p: self._put(out, axis, index, p.numpy()), progress, independent_slices)
+            return self._probabilities(volume, progress, independent_slices)[0]
         finally:
             if chunk:
                 self.inferer.sw_batch_size = saved
-        return out
 
     def segment(
         self,
@@ -392,7 +443,8 @@ class Predictor:
     ) -> Prediction:
         """Probabilities (if kept) and labels; labels are made per batch, so without probabilities a
         512x512x600 volume needs only its own memory plus a uint8 label map. A model whose spec says
-        ``largest_component`` gets its labels (not its probabilities) cut to one piece per class.
+        ``largest_component`` gets its labels (not its probabilities) cut to one piece per class, and likewise
+        ``fill_holes`` and ``min_component_fraction`` (:meth:`ModelSpec.postprocess`).
 
         Args:
             volume: (C, X, Y, Z) in input units, as for :meth:`predict`; not modified.
@@ -407,19 +459,23 @@ class Predictor:
         Raises:
             ValueError: ``volume`` is not 4D, or its channels do not fit the model.
         """
-        axis = self.slice_axis_for(volume)
-        shape = volume.shape[1:]
-        labels = np.zeros(shape, dtype=np.uint8)
-        probs = np.zeros((self.spec.out_channels, *shape), dtype=np.float32) if keep_probabilities else None
         self.notes = []
+        if len(self.views_for(volume)) > 1:  # multi-view: labels only once every view's probabilities are in
+            probs, skipped = self._probabilities(volume, progress, independent_slices)
+            labels = self.postprocessing(probs).astype(np.uint8)
+            probs = probs if keep_probabilities else None
+        else:
+            axis = self.slice_axis_for(volume)
+            shape = volume.shape[1:]
+            labels = np.zeros(shape, dtype=np.uint8)
+            probs = np.zeros((self.spec.out_channels, *shape), dtype=np.float32) if keep_probabilities else None
 
-        def emit(index: np.ndarray, p: torch.Tensor) -> None:
-            values = p.numpy()
-            self._put(labels, axis, index, self.postprocessing(values))
-            if probs is not None:
-                self._put(probs, axis, index, values)
+            def emit(index: np.ndarray, p: torch.Tensor) -> None:
+                values = p.numpy()
+                self._put(labels, axis, index, self.postprocessing(values))
+                if probs is not None:
+                    self._put(probs, axis, index, values)
 
-        skipped = self._stream(volume, emit, progress, independent_slices)
-        if self.spec.largest_component:
-            labels = keep_largest_components(labels, max(1, self.spec.out_channels - 1))
+            skipped = self._stream(volume, emit, progress, independent_slices)
+        labels = self.spec.postprocess(labels, self.slice_axis_for(volume))
         return Prediction(probs, labels, str(self.device), self.device_reason, skipped, list(self.notes))

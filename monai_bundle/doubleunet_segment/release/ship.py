@@ -108,7 +108,7 @@ def candidate_geometry(configs: list[str], overrides: list[str]) -> dict:
 
 def shipped_geometry(spec: ModelSpec, keys: dict) -> dict:
     """The shipped slice axis and size of ``spec``, under the config keys present in ``keys``."""
-    values = {"slice_axis": spec.slice_axis, "image_size": list(spec.roi_size)}
+    values = {"slice_axis": spec.slice_axis_setting, "image_size": list(spec.roi_size)}
     return {k: values[k] for k in keys}
 
 
