@@ -24,6 +24,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_inference.py
 	$(PY) benchmarks/bench_whole_head.py
+	$(PY) benchmarks/bench_views.py --views 1,0,2
 
 # Float32 TorchScript exports of the shipped models, monai_bundle/<model>/models/model.ts (built, not committed:
 # git ignores them; torch.jit.load(path) runs on float32 input). `python -m doubleunet_segment.release.ship`

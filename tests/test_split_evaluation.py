@@ -9,7 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from doubleunet_segment.catalog import ModelSpec
-from doubleunet_segment.release.split_evaluation import CaseOutput, PostProcessing, choose_postprocessing, main, score
+from doubleunet_segment.release.split_evaluation import (
+    MIN_GAIN,
+    CaseOutput,
+    PostProcessing,
+    choose_postprocessing,
+    main,
+    score,
+)
 from doubleunet_segment.training.evaluation import bootstrap_ci
 from doubleunet_segment.transforms import postprocess_labels
 from helpers import REPO, needs_data
@@ -51,20 +58,26 @@ def _case(truth: np.ndarray, probability: np.ndarray, name: str) -> CaseOutput:
 def test_a_step_is_chosen_only_where_it_raises_validation_dice():
     spec = ModelSpec(name="p", weights=Path("none.pt"), out_channels=1, segments="polyp")
     truth = np.zeros((32, 32), np.uint8)
-    truth[4:24, 4:24] = 1
+    truth[4:20, 4:20] = 1
+    truth[24:29, 24:29] = 1  # a second, small polyp: keeping the largest piece would lose it
     prob = np.where(truth == 1, 0.9, 0.1)
-    prob[12:14, 12:14] = 0.2  # a hole in the prediction
-    prob[27:31, 27:31] = 0.9  # a false island of 16 pixels: over every small-piece cut (at most 1% = 10 pixels)
+    prob[10:12, 10:12] = 0.2  # a hole in the prediction
     prob[0, 31] = 0.9  # a one-pixel false island
-    prob[4:24, 3] = 0.45  # a rim that only a lower threshold takes, and it is wrong
+    prob[4:20, 3] = 0.45  # a rim that only a lower threshold takes, and it is wrong
     cases = [_case(truth, prob, f"c{i}") for i in range(3)]
     chosen, table = choose_postprocessing(cases, spec)
-    assert chosen.threshold == 0.5 and chosen.fill_holes and chosen.largest_component
+    assert chosen.threshold == 0.5 and chosen.fill_holes and not chosen.largest_component
     assert chosen.min_component_fraction == 0.0025  # the smallest cut that drops the 1-pixel island (3 pixels)
     kept = [r for r in table if r["kept"]]
-    assert all(later["mean_dice"] > earlier["mean_dice"] for earlier, later in zip(kept, kept[1:]))
+    assert all(later["mean_dice"] >= earlier["mean_dice"] + MIN_GAIN for earlier, later in zip(kept, kept[1:]))
     perfect = score(cases, spec, chosen)
     assert perfect["mean_dice"] == pytest.approx(1.0) and perfect["groups"]["all/Polyp"]["cases"] == 3
+    single = np.zeros((32, 20), np.uint8)
+    single[4:20, 4:20] = 1
+    one = np.where(single == 1, 0.9, 0.1)
+    one[26:30, 10:14] = 0.9  # a false island of 16 pixels, over every small-piece cut (at most 1% = 6 pixels)
+    chosen, _ = choose_postprocessing([_case(single, one, "one")], spec)
+    assert chosen.largest_component
     clean = [_case(truth, np.where(truth == 1, 0.9, 0.1), "clean")]
     assert choose_postprocessing(clean, spec)[0] == PostProcessing()  # nothing to gain: nothing switched on
 
@@ -74,6 +87,11 @@ def test_the_test_split_is_scored_once_per_weights_file(tmp_path: Path, capsys):
     bundle = tmp_path / "hippocampus"
     source = REPO / "monai_bundle" / "hippocampus"
     shutil.copytree(source, bundle, ignore=shutil.ignore_patterns("runs", "docs", "*.ts"))
+    metrics = bundle / "models" / "metrics.json"
+    record = json.loads(metrics.read_text())
+    assert main([str(bundle), "--test", "--limit", "2"]) == 1  # the shipped weights were tested: refused
+    record.pop("split")  # as for a weights file new from ship
+    metrics.write_text(json.dumps(record))
     assert main([str(bundle), "--test", "--limit", "2"]) == 0
     split = json.loads((bundle / "models" / "metrics.json").read_text())["split"]
     for section in ("validation", "test"):
