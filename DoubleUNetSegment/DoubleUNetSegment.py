@@ -491,9 +491,18 @@ class DoubleUNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.ui.statusLabel.text = f"Model catalog not found: {err}"
             default, models = "", []
         addModelItems(combo, models, default)
+        self.modelThresholds = {model.name: model.threshold for model in models}
+        self.showModelThreshold()
+
+    def showModelThreshold(self) -> None:
+        """Set the slider to the selected shipped model's own threshold (a user's model keeps the slider as it is)."""
+        threshold = getattr(self, "modelThresholds", {}).get(self.ui.modelComboBox.currentData)
+        if threshold is not None:
+            self.ui.thresholdSlider.value = threshold
 
     def onModelActivated(self, index: int) -> None:
         chooseCustomModel(self.ui.modelComboBox, index)
+        self.showModelThreshold()
 
     def options(self) -> EngineOptions:
         return EngineOptions(

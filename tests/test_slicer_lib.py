@@ -163,6 +163,7 @@ def test_bundle_is_found_from_the_module_folder_and_lists_the_catalog(tmp_path: 
     for entry in entries:
         assert entry.available == catalog[entry.name].weights.is_file()
         assert entry.label.startswith(entry.name)
+        assert entry.threshold == catalog[entry.name].threshold  # the panel's slider starts at the model's own
     assert bundle.find_bundle_root(tmp_path, environ={"DOUBLEUNET_BUNDLES": str(root)}) == root
     with pytest.raises(FileNotFoundError, match="DOUBLEUNET_BUNDLES"):
         bundle.find_bundle_root(tmp_path, environ={})

@@ -36,6 +36,7 @@ class ModelSpec:
     description: str
     available: bool  # weights present on disk
     weights: Path | None = None
+    threshold: float = 0.5  # the model's own foreground threshold (chosen on its validation cases), for the slider
 
 
 def bundle_names(root: Path) -> list[str]:
@@ -71,7 +72,8 @@ def read_catalog(bundle_root: Path) -> tuple[str, list[ModelSpec]]:
         weights = spec_file.parent / spec["weights"]
         available = weights.is_file()
         label = name if available else f"{name} (weights not installed)"
-        entries.append(ModelSpec(name, label, spec.get("description", ""), available, weights))
+        threshold = float(spec.get("threshold", 0.5))
+        entries.append(ModelSpec(name, label, spec.get("description", ""), available, weights, threshold))
     return DEFAULT_MODEL, entries
 
 
