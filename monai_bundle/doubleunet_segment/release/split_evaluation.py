@@ -37,7 +37,7 @@ from ..data.image_io import read_image_2d, read_volume_file
 from ..inference.predictor import Predictor
 from ..networks.weights import file_digest
 from ..training.evaluation import bootstrap_ci, case_metrics
-from ..transforms import ProbabilitiesToLabels, postprocess_labels
+from ..transforms import ProbabilitiesToLabels
 from .ship import summarise
 
 __all__ = [
@@ -97,14 +97,7 @@ class PostProcessing:
         """(X, Y, Z) labels of ``case`` under these settings, as the predictor makes them."""
         labels = ProbabilitiesToLabels(self.threshold)(case.probabilities).astype(np.uint8)
         axis = 2 if case.probabilities.shape[-1] == 1 else spec.slice_axis
-        return postprocess_labels(
-            labels,
-            max(1, spec.out_channels - 1),
-            axis,
-            self.largest_component,
-            self.fill_holes,
-            self.min_component_fraction,
-        )
+        return replace(spec, **asdict(self)).postprocess(labels, axis)
 
 
 def _read_case(item: dict, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray, tuple | None]:
