@@ -251,7 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=None, help="the datalist's base folder (the sample data)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N cases of each section (0: all)")
     args = parser.parse_args(argv)
-    spec = resolve_model(args.model)
+    try:
+        spec = resolve_model(args.model)
+    except FileNotFoundError as err:
+        parser.error(str(err))
     if spec.bundle is None:
         parser.error(f"{args.model} is not a bundle's model: it has no split")
     spec_file = spec.bundle / "models" / paths.MODEL_SPEC_NAME
