@@ -57,9 +57,7 @@ def main() -> None:
     print(f"hippocampus crops ({shapes}), median of {len(crops)}")
     base = next(iter(rows.values()))["seconds"]
     for name, row in rows.items():
-        print(
-            f"  {name:18s} {row['seconds']:6.3f} s/crop  {row['seconds'] / base:4.2f}x one axis  ({row['path']})"
-        )
+        print(f"  {name:18s} {row['seconds']:6.3f} s/crop  {row['seconds'] / base:4.2f}x one axis  ({row['path']})")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=1) + "\n")

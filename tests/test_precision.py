@@ -26,7 +26,7 @@ def test_precision_check_accepts_equal_masks_and_rejects_different_ones():
 def test_precision_choice_is_cached_per_weights_file(tmp_path, monkeypatch):
     weights = tmp_path / "w.pt"
     weights.write_bytes(b"x")
-    monkeypatch.setattr(precision, "reduced_precisions", lambda device: ["bf16"])
+    monkeypatch.setattr(precision, "reduced_precisions", lambda device, int8=True: ["bf16"])
     calls = []
 
     def labels(img: np.ndarray, precision: str) -> np.ndarray:
@@ -39,10 +39,46 @@ def test_precision_choice_is_cached_per_weights_file(tmp_path, monkeypatch):
     assert precision.choose_precision("auto", CPU, weights, labels, images)[0] == "bf16"
     assert calls == ["fp32", "bf16"]  # the second engine reuses the decision
     assert precision.choose_precision("fp32", CPU, weights, labels, images) == ("fp32", "fp32 requested")
-    monkeypatch.setattr(precision, "reduced_precisions", lambda device: [])
+    monkeypatch.setattr(precision, "reduced_precisions", lambda device, int8=True: [])
     assert precision.choose_precision("auto", CPU, weights, labels, images)[0] == "fp32"
     with pytest.raises(ValueError):
-        precision.choose_precision("int8", CPU, weights, labels, images)
+        precision.choose_precision("int4", CPU, weights, labels, images)
+
+
+def test_one_image_whose_mask_is_lost_vetoes_a_precision_the_pooled_figure_would_pass():
+    """Nine large masks kept exactly and one small one lost: pooled Dice stays above MIN_DICE, the image rule
+    (MIN_IMAGE_DICE) refuses."""
+    images = [np.full((1, 64, 64, 1), 9.0)] * 9 + [np.full((1, 64, 64, 1), 1.0)]
+
+    def labels(img: np.ndarray, p: str) -> np.ndarray:
+        mask = np.zeros((64, 64, 1), np.uint8)
+        if img.max() > 5:
+            mask[:, :40] = 1  # a large structure both precisions agree on
+        elif p == "fp32":
+            mask[:2, :2] = 1  # a small one only float32 finds
+        return mask
+
+    check = precision.check_precision(labels, images, "int8")
+    assert check.dice >= precision.MIN_DICE and check.min_dice == 0.0 and not check.accepted
+
+
+def test_int8_is_used_only_where_it_passes_and_is_faster(tmp_path):
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"x")
+    same = lambda img, p: (img > 0.5).astype(np.uint8)  # noqa: E731
+    images = lambda: [np.random.default_rng(0).random((1, 16, 16, 2))]  # noqa: E731
+    if "CPUExecutionProvider" not in onnxruntime_providers():
+        pytest.skip("onnxruntime is not installed")
+    cache = precision.DecisionCache(tmp_path / "slower.json")
+    chosen, why = precision.choose_precision("auto", CPU, weights, same, images, cache, race=lambda p: (1.0, 2.0))
+    assert chosen in ("fp32", "bf16") and "int8 not faster" in why
+    cache = precision.DecisionCache(tmp_path / "faster.json")
+    chosen, why = precision.choose_precision("auto", CPU, weights, same, images, cache, race=lambda p: (1.0, 0.5))
+    assert chosen == "int8" and "0.500 s vs fp32 1.000 s" in why
+    # no race given (a network ONNX Runtime cannot run): int8 is not a candidate at all
+    assert "int8" not in precision.choose_precision("auto", CPU, weights, same, images, cache)[1]
+    with pytest.raises(ValueError, match="int8 runs through ONNX Runtime"):
+        precision.choose_backend("torch", CPU, "int8", weights, lambda: (1.0, 1.0))
 
 
 def test_backend_choice_follows_the_race_and_precision(tmp_path):

@@ -59,6 +59,8 @@ class ModelSpec:
         min_component_fraction: drop pieces smaller than this fraction of a slice's pixels, slice by slice
             (0: none). The three clean-up steps are on only where they raised validation Dice
             (:func:`doubleunet_segment.transforms.postprocess_labels`).
+        int8_keep_float: ONNX node-name prefixes (module paths, e.g. ``/head2/``) that stay float32 when the
+            engine quantizes the model to int8 (:func:`doubleunet_segment.inference.quantization.quantize_int8`).
         axcodes: the orientation the model was trained in (nibabel axis codes, e.g. ``RAS``): volumes are
             reoriented to it before inference and the labels back after; None: used as given (2D frames).
         pixdim: the voxel size in mm the model was trained at, (X, Y, Z): volumes are resampled to it
@@ -87,6 +89,7 @@ class ModelSpec:
     largest_component: bool = False  # keep only each class's largest connected piece of the label map
     fill_holes: bool = False  # fill each class's enclosed holes, slice by slice
     min_component_fraction: float = 0.0  # drop pieces under this fraction of a slice's pixels
+    int8_keep_float: tuple[str, ...] = ()  # ONNX node-name prefixes left in float32 by int8 quantization
     axcodes: str | None = None  # trained orientation (e.g. "RAS"); None: as given
     pixdim: tuple[float, float, float] | None = None  # trained voxel size in mm; None: as given
     crop_size: tuple[float, float, float] | None = None  # training crops' size in mm; None: whole images
@@ -119,6 +122,7 @@ class ModelSpec:
             if not axes or len(set(axes)) != len(axes) or any(a not in (0, 1, 2) for a in axes):
                 raise ValueError(f"model {name!r}: slice_axis must be 0, 1, 2 or a list of distinct ones, got {axes}")
             known["slice_axis"], known["consensus_axes"] = axes[0], axes if len(axes) > 1 else ()
+        known["int8_keep_float"] = tuple(known.get("int8_keep_float", ()))
         for key in ("pixdim", "crop_size"):
             if known.get(key) is not None:
                 known[key] = tuple(float(v) for v in known[key])

@@ -9,6 +9,7 @@ batch and size; padding to a multiple of 16 stays in PyTorch, so any slice size 
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import warnings
 from collections.abc import Iterator
@@ -68,7 +69,7 @@ def export_onnx(net: DoubleUNet, path: str | Path, size: int = 64) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     module = _Stage2(net).eval().float().to("cpu", memory_format=torch.contiguous_format)
     example = torch.rand(1, net.in_channels, size, size, generator=torch.Generator().manual_seed(0))
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two processes exporting at once do not collide
     try:
         with warnings.catch_warnings(), _global_random_state_kept():
             warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notices

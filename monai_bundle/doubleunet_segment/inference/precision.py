@@ -1,8 +1,10 @@
 """Precision and backend per model and device, chosen once and only where the masks stay those of float32.
 
-- Reduced precision (bf16 autocast on CPUs with avx512_bf16/AMX, fp16 or bf16 on GPUs) is used only
-  once :func:`check_precision` has shown that its thresholded masks agree with float32 on the model's
-  validation images (Dice >= :data:`MIN_DICE`); the decision is cached per weights file and device.
+- Reduced precision (int8 through ONNX Runtime on CPUs, bf16 autocast on CPUs with avx512_bf16/AMX, fp16 or
+  bf16 on GPUs) is used only once :func:`check_precision` has shown that its thresholded masks agree with
+  float32 on the model's validation images: pooled Dice >= :data:`MIN_DICE` and every image's own Dice
+  >= :data:`MIN_IMAGE_DICE`. int8 must also be faster than float32 in a one-off timing. The decision is
+  cached per weights file and device.
 - ONNX Runtime replaces PyTorch for float32 when a one-off timing shows it faster (cached too).
 """
 
@@ -26,6 +28,7 @@ from .inferer import cpu_supports_bf16
 __all__ = [
     "BACKENDS",
     "MIN_DICE",
+    "MIN_IMAGE_DICE",
     "PRECISIONS",
     "VALIDATION_IMAGES",
     "DecisionCache",
@@ -41,9 +44,10 @@ __all__ = [
     "weights_key",
 ]
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 BACKENDS = ("auto", "torch", "onnx")
-MIN_DICE = 0.995  # reduced precision must reproduce the fp32 masks this closely
+MIN_DICE = 0.995  # reduced precision must reproduce the fp32 masks this closely, all images pooled
+MIN_IMAGE_DICE = 0.99  # ... and each image on its own: a pooled figure can hide one ruined small structure
 VALIDATION_IMAGES = 4
 
 
@@ -52,16 +56,18 @@ class PrecisionCheck:
     """The outcome of :func:`check_precision`: accepted or not, and the Dice that decided it.
 
     Attributes:
-        precision: the reduced precision checked (``bf16`` or ``fp16``).
-        accepted: the pooled Dice reached :data:`MIN_DICE`.
+        precision: the reduced precision checked (``int8``, ``bf16`` or ``fp16``).
+        accepted: the pooled Dice reached :data:`MIN_DICE` and every image's Dice :data:`MIN_IMAGE_DICE`.
         dice: the pooled Dice against float32 (NaN without images).
         images: how many validation images were compared.
+        min_dice: the lowest single image's Dice against float32 (NaN without images).
     """
 
     precision: str
     accepted: bool
     dice: float
     images: int
+    min_dice: float = float("nan")
 
 
 def mask_dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -85,30 +91,41 @@ def check_precision(
 ) -> PrecisionCheck:
     """Run ``images`` at fp32 and at ``precision`` through ``labels(image, precision)``; accept if masks agree.
 
-    The masks of all images are compared together, so one image with a tiny structure cannot veto
-    the rest, while a systematic shift anywhere lowers the pooled Dice.
+    Two figures must both hold: the Dice of all images' masks pooled (a systematic shift anywhere lowers
+    it) reaches :data:`MIN_DICE`, and each image's own Dice reaches :data:`MIN_IMAGE_DICE` (so no single
+    image, e.g. one with a small polyp, loses its mask while the others carry the pooled figure).
 
     Args:
         labels: ``labels(image, precision)`` -> the label map of one (C, X, Y, Z) image.
         images: the validation images, each (C, X, Y, Z).
-        precision: ``bf16`` or ``fp16``.
+        precision: ``int8``, ``bf16`` or ``fp16``.
 
     Returns:
         The check; not accepted (Dice NaN) when there are no images.
     """
     if not images:
         return PrecisionCheck(precision, False, float("nan"), 0)
-    ref = np.concatenate([labels(img, "fp32").ravel() for img in images])
-    low = np.concatenate([labels(img, precision).ravel() for img in images])
-    dice = mask_dice(ref, low)
-    return PrecisionCheck(precision, dice >= MIN_DICE, dice, len(images))
+    refs = [labels(img, "fp32").ravel() for img in images]
+    lows = [labels(img, precision).ravel() for img in images]
+    dice = mask_dice(np.concatenate(refs), np.concatenate(lows))
+    worst = min(mask_dice(ref, low) for ref, low in zip(refs, lows))
+    accepted = dice >= MIN_DICE and worst >= MIN_IMAGE_DICE
+    return PrecisionCheck(precision, accepted, dice, len(images), worst)
 
 
-def reduced_precisions(device: torch.device) -> list[str]:
-    """Reduced precisions worth trying on ``device``, fastest first."""
+def reduced_precisions(device: torch.device, int8: bool = True) -> list[str]:
+    """Reduced precisions worth trying on ``device``, fastest first.
+
+    Args:
+        device: where the model runs.
+        int8: the network can go through ONNX Runtime's int8 path (a DoubleU-Net, onnxruntime installed).
+    """
     if device.type == "cuda":
         return ["fp16", "bf16"] if torch.cuda.is_bf16_supported() else ["fp16"]
-    return ["bf16"] if cpu_supports_bf16() else []
+    from .onnx_runtime import onnxruntime_providers
+
+    candidates = ["int8"] if int8 and "CPUExecutionProvider" in onnxruntime_providers() else []
+    return candidates + (["bf16"] if cpu_supports_bf16() else [])
 
 
 def device_name(device: torch.device) -> str:
@@ -168,11 +185,16 @@ class DecisionCache:
             pass  # a read-only home only costs a re-check next time
 
 
-def validation_images(spec: ModelSpec, n: int = VALIDATION_IMAGES) -> list[np.ndarray]:
+def validation_images(spec: ModelSpec, n: int = VALIDATION_IMAGES, section: str = "validation") -> list[np.ndarray]:
     """Up to ``n`` of the model's validation images as (C, X, Y, Z) arrays; volumes give their middle slices.
 
     Found through the model's bundle (``configs/datalist.json``) and the sample data folder; an empty list
     (a bare weights file, no data here) makes :func:`choose_precision` keep float32.
+
+    Args:
+        spec: the model.
+        n: at most this many images.
+        section: the datalist section (``training`` gives the int8 calibration images).
     """
     from ..data.datalist import is_volume, load_items
     from ..data.image_io import read_image_2d, read_volume_file
@@ -182,7 +204,7 @@ def validation_images(spec: ModelSpec, n: int = VALIDATION_IMAGES) -> list[np.nd
     if datalist is None or not datalist.is_file() or not data_dir.is_dir():
         return []
     images = []
-    for item in load_items(data_dir, datalist, "validation", n):
+    for item in load_items(data_dir, datalist, section, n):
         path = Path(item["image"])
         try:
             if is_volume(path):
@@ -204,6 +226,8 @@ def choose_precision(
     labels: Callable[[np.ndarray, str], np.ndarray],
     images: Callable[[], list[np.ndarray]],
     cache: DecisionCache | None = None,
+    race: Callable[[str], tuple[float, float]] | None = None,
+    int8: bool = True,
 ) -> tuple[str, str]:
     """The precision to run at and why: ``choice`` if explicit, else the fastest reduced one that passes.
 
@@ -214,9 +238,12 @@ def choose_precision(
         labels: ``labels(image, precision)`` -> label map, for :func:`check_precision`.
         images: returns the validation images; called only when a check has to run.
         cache: the decision cache (default :class:`DecisionCache`).
+        race: ``race(precision)`` -> (float32 seconds, ``precision`` seconds) for one batch; int8 is used only
+            where it is faster (bf16 and fp16 are only tried on devices where they are). None: int8 is not tried.
+        int8: the network can go through the int8 path (see :func:`reduced_precisions`).
 
     Returns:
-        ``fp32``, ``bf16`` or ``fp16`` and a sentence saying why.
+        ``fp32``, ``int8``, ``bf16`` or ``fp16`` and a sentence saying why.
 
     Raises:
         ValueError: ``choice`` is not one of :data:`PRECISIONS`.
@@ -225,25 +252,38 @@ def choose_precision(
         raise ValueError(f"precision must be one of {PRECISIONS}, got {choice!r}")
     if choice != "auto":
         return choice, f"{choice} requested"
-    candidates = reduced_precisions(device)
+    candidates = reduced_precisions(device, int8 and race is not None)
     if not candidates:
         return "fp32", "fp32: this device has no fast reduced precision"
     cache = cache or DecisionCache()
     loaded: list[np.ndarray] | None = None
+    reasons = []
     for precision in candidates:
         cached = cache.get(weights, device, precision) if weights and weights.is_file() else None
-        if cached is None:
+        if cached is None or "min_dice" not in cached:  # decisions from before the per-image rule are redone
             loaded = images() if loaded is None else loaded
             result = check_precision(labels, loaded, precision)
-            cached = {"accepted": result.accepted, "dice": result.dice, "images": result.images}
+            cached = {"accepted": result.accepted, "dice": result.dice, "min_dice": result.min_dice}
+            cached["images"] = result.images
+            if result.accepted and precision == "int8" and race is not None:
+                cached["fp32_s"], cached["low_s"] = race(precision)
             if result.images and weights and weights.is_file():
                 cache.put(weights, device, precision, cached)
-        how = f"Dice {cached['dice']:.4f} vs fp32 on {cached['images']} validation image(s)"
-        if cached["accepted"]:
-            return precision, f"{precision} autocast: {how}"
         if not cached["images"]:
             return "fp32", f"fp32: no validation images to verify {precision} on"
-    return "fp32", f"fp32: {candidates[-1]} rejected ({how} < {MIN_DICE})"
+        how = (
+            f"Dice {cached['dice']:.4f} pooled, {cached['min_dice']:.4f} worst image, vs fp32 on "
+            f"{cached['images']} validation image(s)"
+        )
+        what = "ONNX Runtime int8" if precision == "int8" else f"{precision} autocast"
+        timing = f"{cached['low_s']:.3f} s vs fp32 {cached['fp32_s']:.3f} s per batch" if "low_s" in cached else ""
+        if not cached["accepted"]:
+            reasons.append(f"{precision} rejected ({how}; needs {MIN_DICE} pooled, {MIN_IMAGE_DICE} each)")
+        elif timing and cached["low_s"] >= cached["fp32_s"]:
+            reasons.append(f"{precision} not faster ({timing})")
+        else:
+            return precision, f"{what}: {how}" + (f"; {timing}" if timing else "")
+    return "fp32", "fp32: " + "; ".join(reasons)
 
 
 def time_call(fn: Callable[[], object], repeats: int = 2) -> float:
@@ -285,12 +325,19 @@ def choose_backend(
 
     Raises:
         ValueError: ``choice`` is not one of :data:`BACKENDS`.
-        RuntimeError: ``onnx`` was asked for but ONNX Runtime lacks the device's execution provider.
+        ValueError: also, ``int8`` with the ``torch`` backend, on a GPU or for another network.
+        RuntimeError: ``onnx`` (or ``int8``) was asked for but ONNX Runtime lacks the device's execution provider.
     """
     from .onnx_runtime import onnxruntime_providers
 
     if choice not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {choice!r}")
+    if precision == "int8":
+        if choice == "torch" or device.type != "cpu" or not exportable:
+            raise ValueError("int8 runs through ONNX Runtime on the CPU only, for DoubleU-Net networks")
+        if "CPUExecutionProvider" not in onnxruntime_providers():
+            raise RuntimeError("int8 needs onnxruntime (pip install onnxruntime)")
+        return "onnx", "ONNX Runtime (int8 QDQ)"
     providers = onnxruntime_providers()
     wanted = "CUDAExecutionProvider" if device.type == "cuda" else "CPUExecutionProvider"
     if choice == "onnx":

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,6 +28,9 @@ from ..transforms import Normalize, ProbabilitiesToLabels, normalize_each_slice
 from .batching import OutOfMemory, default_batch_size, empty_slices, run_in_batches
 from .inferer import DoubleUNetInferer
 from .precision import choose_backend, choose_precision, time_call, validation_images, weights_key
+
+if TYPE_CHECKING:
+    from .onnx_runtime import OnnxNetwork
 
 __all__ = [
     "CHANNEL_AGNOSTIC",
@@ -43,6 +47,7 @@ __all__ = [
 SKIP_EMPTY_DEFAULT = False
 NEW_TENSOR_NORMALIZATIONS = ("median", "unit", "imagenet")
 CHANNEL_AGNOSTIC = ("median", "zscore", "unit")  # normalisations that treat repeated grey channels alike
+CALIBRATION_IMAGES = 16  # training images whose network inputs set the int8 activation ranges
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -153,20 +158,29 @@ class Predictor:
         self.notes: list[str] = []
         self._torch_network = self.network
         self._use_channels_last()
+        self._races: dict[str, tuple[float, float]] = {}
+        self._int8: OnnxNetwork | None = None
+        exportable = isinstance(self._torch_network, DoubleUNet)
         self.precision, precision_reason = choose_precision(
-            precision, self.device, self._weights(), self._labels_at, self._validation_images
+            precision,
+            self.device,
+            self._weights(),
+            self._labels_at,
+            self._validation_images,
+            race=self._race_precision,
+            int8=exportable,
         )
-        self.inferer.precision = self.precision
+        self.inferer.precision = "fp32" if self.precision == "int8" else self.precision
         self.backend, backend_reason = choose_backend(
             backend,
             self.device,
             self.precision,
             self._weights(),
             self._race,
-            exportable=isinstance(self._torch_network, DoubleUNet),
+            exportable=exportable,
         )
         if self.backend == "onnx":
-            self.network = self._onnx_network()
+            self.network = self._int8_network() if self.precision == "int8" else self._onnx_network()
             self.inferer.channels_last = False
         self.path_reason = f"{precision_reason}; {backend_reason}; batch {self.batch_size}"
 
@@ -190,29 +204,89 @@ class Predictor:
         return validation_images(self.spec)
 
     def _labels_at(self, image: np.ndarray, precision: str) -> np.ndarray:
-        """Label map of one (C, X, Y, Z) image at ``precision`` (for the acceptance check)."""
-        saved = self.inferer.precision
+        """Label map of one (C, X, Y, Z) image at ``precision`` (for the acceptance check); ``int8`` runs the
+        quantized ONNX model, the others autocast the PyTorch network."""
+        saved = self.inferer.precision, self.network, self.inferer.channels_last
+        if precision == "int8":
+            self.network, self.inferer.channels_last = self._int8_network(), False
+            precision = "fp32"
         self.inferer.precision = precision
         try:
             return self.postprocessing(self.predict(image))
         finally:
-            self.inferer.precision = saved
+            self.inferer.precision, self.network, self.inferer.channels_last = saved
 
     def _race(self) -> tuple[float, float]:
-        """Seconds for one batch at the trained size through PyTorch and through ONNX Runtime (fp32)."""
-        x = torch.rand(self.batch_size, self._network_channels(), *self.spec.roi_size, device=self.device)
-        model = self._torch_network
-        onnx = self._onnx_network()
-        layout = torch.channels_last if self.inferer.channels_last else torch.contiguous_format
-        with torch.inference_mode():
-            torch_s = time_call(lambda: model(x.contiguous(memory_format=layout)), repeats=1)
-            onnx_s = time_call(lambda: onnx(x), repeats=1)
-        return torch_s, onnx_s
+        """Seconds for one batch at the trained size through PyTorch and through ONNX Runtime (fp32); timed once
+        per predictor (the int8 decision and the backend decision share it)."""
+        if "fp32" not in self._races:
+            model = self._torch_network
+            onnx = self._onnx_network()
+            x = self._race_input()
+            layout = torch.channels_last if self.inferer.channels_last else torch.contiguous_format
+            with torch.inference_mode():
+                torch_s = time_call(lambda: model(x.contiguous(memory_format=layout)), repeats=1)
+                onnx_s = time_call(lambda: onnx(x), repeats=1)
+            self._races["fp32"] = (torch_s, onnx_s)
+        return self._races["fp32"]
+
+    def _race_input(self) -> torch.Tensor:
+        return torch.rand(self.batch_size, self._network_channels(), *self.spec.roi_size, device=self.device)
+
+    def _race_precision(self, precision: str) -> tuple[float, float]:
+        """(fastest float32 seconds, int8 seconds) for one batch at the trained size; only int8 is raced."""
+        if precision != "int8":
+            raise ValueError(f"only int8 is raced against float32, not {precision}")
+        int8 = self._int8_network()
+        x = self._race_input()
+        return min(self._race()), time_call(lambda: int8(x), repeats=1)
+
+    def _int8_network(self) -> torch.nn.Module:
+        """The int8 ONNX Runtime network (:func:`.quantization.quantize_int8`), quantized once per weights file
+        and CPU kind into the cache, calibrated on the model's training images as this predictor feeds them.
+
+        Raises:
+            RuntimeError: the model has no training images here to calibrate on.
+        """
+        from .onnx_runtime import OnnxNetwork
+        from .quantization import cpu_has_vnni, quantize_int8
+
+        if self._int8 is not None:
+            return self._int8
+        fp32 = self._onnx_network().path
+        bits = "vnni" if cpu_has_vnni() else "7bit"
+        path = fp32.with_name(f"{fp32.stem}-int8-{bits}.onnx")
+        if not path.is_file():
+            images = validation_images(self.spec, CALIBRATION_IMAGES, "training")
+            if not images:
+                raise RuntimeError(f"model {self.spec.name!r}: no training images here to calibrate int8 on")
+            quantize_int8(fp32, path, self._network_inputs(images), self.spec.int8_keep_float)
+        self._int8 = OnnxNetwork(path, "cpu")
+        return self._int8
+
+    def _network_inputs(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """The (N, C, H, W) batches the network is given for ``images`` (normalised, resized, batched as in
+        :meth:`predict`), recorded from a float32 pass."""
+        inputs: list[np.ndarray] = []
+        network = self._torch_network
+
+        def record(x: torch.Tensor) -> torch.Tensor:
+            inputs.append(x.detach().float().cpu().contiguous().numpy())
+            return network(x)
+
+        saved = self.network, self.inferer.precision
+        self.network, self.inferer.precision = record, "fp32"
+        try:
+            for image in images:
+                self.predict(image)
+        finally:
+            self.network, self.inferer.precision = saved
+        return inputs
 
     def _network_channels(self) -> int:
         return 2 * self.spec.context + 1 if self.spec.context else self.spec.in_channels
 
-    def _onnx_network(self) -> torch.nn.Module:
+    def _onnx_network(self) -> OnnxNetwork:
         """The ONNX Runtime network, exported once per weights file into the cache."""
         from .onnx_runtime import OnnxNetwork, export_onnx
 

@@ -123,8 +123,9 @@ def predict_section(
     limit: int = 0,
     device: str = "cpu",
     tta: bool = False,
+    precision: str = "fp32",
 ) -> list[CaseOutput]:
-    """Probabilities for every case of one section of the model's bundle datalist, at float32.
+    """Probabilities for every case of one section of the model's bundle datalist, at float32 (or ``precision``).
 
     Args:
         spec: a bundle's model (its ``configs/datalist.json`` names the cases).
@@ -133,6 +134,7 @@ def predict_section(
         limit: only the first ``limit`` cases (0: all).
         device: ``cpu``, ``cuda`` or ``auto``.
         tta: flip test-time augmentation.
+        precision: ``fp32`` (PyTorch) or ``int8`` (ONNX Runtime, as the engine may choose it), to compare.
 
     Returns:
         One :class:`CaseOutput` per case, in the datalist's order.
@@ -145,7 +147,8 @@ def predict_section(
     if spec.bundle is None:
         raise ValueError(f"model {spec.name!r} has no bundle, so no split: pass a bundle's model")
     items = load_items(data_dir or paths.sample_data(), spec.bundle / "configs" / "datalist.json", section, limit)
-    predictor = Predictor(spec, device, tta=tta, precision="fp32", backend="torch", skip_empty=False)
+    backend = "onnx" if precision == "int8" else "torch"
+    predictor = Predictor(spec, device, tta=tta, precision=precision, backend=backend, skip_empty=False)
     out = []
     for item in tqdm(items, desc=f"{spec.name} {section}", unit="case"):
         image, reference, spacing = _read_case(item, spec)

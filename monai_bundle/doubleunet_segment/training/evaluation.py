@@ -97,9 +97,7 @@ def bootstrap_ci(values: list[float] | np.ndarray, level: float = 0.95, seed: in
         return math.nan, math.nan
     if np.all(x == x[0]):
         return float(x[0]), float(x[0])
-    res = bootstrap(
-        (x,), np.mean, confidence_level=level, n_resamples=10_000, method="percentile", random_state=seed
-    )
+    res = bootstrap((x,), np.mean, confidence_level=level, n_resamples=10_000, method="percentile", random_state=seed)
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
