@@ -180,7 +180,7 @@ class Predictor:
             exportable=exportable,
         )
         if self.backend == "onnx":
-            self.network = self._int8_network() if self.precision == "int8" else self._onnx_network()
+            self.network = self.int8_network() if self.precision == "int8" else self._onnx_network()
             self.inferer.channels_last = False
         self.path_reason = f"{precision_reason}; {backend_reason}; batch {self.batch_size}"
 
@@ -201,14 +201,23 @@ class Predictor:
             self.inferer.channels_last = True
 
     def _validation_images(self) -> list[np.ndarray]:
-        return validation_images(self.spec)
+        return self._as_fed(validation_images(self.spec))
+
+    def _as_fed(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """``images`` in input units, as this predictor expects them: a predictor given other preprocessing (the
+        bundle's, whose transforms normalise before it) gets them normalised by the model's own method first, so
+        the precision check and the int8 calibration see what the network sees in every front door."""
+        if isinstance(self.preprocessing, Normalize):
+            return images
+        normalize = Normalize(self.spec.normalization)
+        return [normalize(image).numpy() for image in images]
 
     def _labels_at(self, image: np.ndarray, precision: str) -> np.ndarray:
         """Label map of one (C, X, Y, Z) image at ``precision`` (for the acceptance check); ``int8`` runs the
         quantized ONNX model, the others autocast the PyTorch network."""
         saved = self.inferer.precision, self.network, self.inferer.channels_last
         if precision == "int8":
-            self.network, self.inferer.channels_last = self._int8_network(), False
+            self.network, self.inferer.channels_last = self.int8_network(), False
             precision = "fp32"
         self.inferer.precision = precision
         try:
@@ -237,11 +246,11 @@ class Predictor:
         """(fastest float32 seconds, int8 seconds) for one batch at the trained size; only int8 is raced."""
         if precision != "int8":
             raise ValueError(f"only int8 is raced against float32, not {precision}")
-        int8 = self._int8_network()
+        int8 = self.int8_network()
         x = self._race_input()
         return min(self._race()), time_call(lambda: int8(x), repeats=1)
 
-    def _int8_network(self) -> torch.nn.Module:
+    def int8_network(self) -> torch.nn.Module:
         """The int8 ONNX Runtime network (:func:`.quantization.quantize_int8`), quantized once per weights file
         and CPU kind into the cache, calibrated on the model's training images as this predictor feeds them.
 
@@ -257,7 +266,7 @@ class Predictor:
         bits = "vnni" if cpu_has_vnni() else "7bit"
         path = fp32.with_name(f"{fp32.stem}-int8-{bits}.onnx")
         if not path.is_file():
-            images = validation_images(self.spec, CALIBRATION_IMAGES, "training")
+            images = self._as_fed(validation_images(self.spec, CALIBRATION_IMAGES, "training"))
             if not images:
                 raise RuntimeError(f"model {self.spec.name!r}: no training images here to calibrate int8 on")
             quantize_int8(fp32, path, self._network_inputs(images), self.spec.int8_keep_float)

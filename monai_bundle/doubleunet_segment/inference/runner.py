@@ -371,8 +371,10 @@ def run_case(
             read = time.monotonic() - start
             return _run_whole_head(case, volume, predictor, args, formats, planned, reporter, start, read)
         # the model's orientation and voxel size (a spec without them: the volume as given)
+        clock = {"read": time.monotonic() - start}
         grid = ModelGrid(predictor.spec)
         moved = grid.to_model(volume.array, volume.affine) if grid.active else None
+        clock["preprocess"] = time.monotonic() - start - sum(clock.values())
         array = np.asarray(moved["image"]) if moved is not None else volume.array
         axis = predictor.slice_axis_for(array)
         n = array.shape[axis + 1]
@@ -384,15 +386,20 @@ def run_case(
             # frames without patient geometry (a cine loop) are separate pictures, each normalised alone
             independent_slices=bool(volume.series is not None and volume.series.independent_frames),
         )
+        clock["inference"] = time.monotonic() - start - sum(clock.values())
         if moved is not None:
             seg.labels = grid.labels_back(moved, seg.labels)
             if seg.probabilities is not None:
                 seg.probabilities = grid.back(moved, seg.probabilities)
+        clock["postprocess"] = time.monotonic() - start - sum(clock.values())
         for note in seg.notes + ([f"{seg.skipped} empty slice(s) labelled background"] if seg.skipped else []):
             reporter.event(event=protocol.NOTE, case=case.name, message=note)
         rule = label_rule(predictor.spec, getattr(predictor, "postprocessing", None))
         for note in write_outputs(case_dir, volume, seg, predictor.spec, planned, args.overwrite, rule):
             reporter.event(event=protocol.NOTE, case=case.name, message=note)
+        clock["write"] = time.monotonic() - start - sum(clock.values())
+        times = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in clock.items())
+        reporter.event(event=protocol.NOTE, case=case.name, message=f"stage times: {times}")
         voxels = int((seg.labels > 0).sum())
         return CaseResult(case, True, time.monotonic() - start, n, voxels, {k: str(v) for k, v in planned.items()})
     except Exception as err:  # one bad case must not stop the batch
