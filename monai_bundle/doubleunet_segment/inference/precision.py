@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import paths
+from .. import __version__, paths
 from ..catalog import ModelSpec
 from .inferer import cpu_supports_bf16
 
@@ -175,7 +175,8 @@ class DecisionCache:
         """Store ``value`` (stamped with the torch version and time), atomically."""
         key = f"{weights_key(weights)}|{device_name(device)}|{what}"
         data = self._read(self.path)
-        data[key] = {**value, "torch": torch.__version__, "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+        stamp = {"torch": torch.__version__, "version": __version__, "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+        data[key] = {**value, **stamp}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
@@ -260,7 +261,7 @@ def choose_precision(
     reasons = []
     for precision in candidates:
         cached = cache.get(weights, device, precision) if weights and weights.is_file() else None
-        if cached is None or "min_dice" not in cached:  # decisions from before the per-image rule are redone
+        if cached is None or cached.get("version") != __version__:  # another release may check or quantize otherwise
             loaded = images() if loaded is None else loaded
             result = check_precision(labels, loaded, precision)
             cached = {"accepted": result.accepted, "dice": result.dice, "min_dice": result.min_dice}

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .. import paths
+from .. import __version__, paths
 from ..catalog import ModelSpec, load_model
 from ..networks.doubleunet import DoubleUNet
 from ..transforms import Normalize, ProbabilitiesToLabels, normalize_each_slice
@@ -264,7 +264,7 @@ class Predictor:
             return self._int8
         fp32 = self._onnx_network().path
         bits = "vnni" if cpu_has_vnni() else "7bit"
-        path = fp32.with_name(f"{fp32.stem}-int8-{bits}.onnx")
+        path = fp32.with_name(f"{fp32.stem}-int8-{bits}-{__version__}.onnx")  # calibration may change per release
         if not path.is_file():
             images = self._as_fed(validation_images(self.spec, CALIBRATION_IMAGES, "training"))
             if not images:
