@@ -10,6 +10,7 @@ import pytest
 import torch
 from doubleunet_segment import paths
 from doubleunet_segment.catalog import read_bundle
+from doubleunet_segment.inference import precision
 from doubleunet_segment.inference.onnx_runtime import OnnxNetwork, export_onnx, onnxruntime_providers
 from doubleunet_segment.inference.predictor import Predictor
 from doubleunet_segment.inference.quantization import quantize_int8
@@ -68,10 +69,10 @@ def test_int8_is_checked_cached_per_weights_file_and_refused_once_damaged(tmp_pa
     (paths.cache_dir() / "decisions.json").unlink()
     damaged = Predictor(spec, "cpu")
     assert damaged.precision == "fp32" and "int8 rejected" in damaged.path_reason
-    assert list((paths.cache_dir() / "onnx").glob("*-int8-*.onnx")) == int8_files
+    assert list((paths.cache_dir() / "onnx").glob("*-int8-*.onnx")) == int8_files == [damaged.int8_path]
 
-    # new weights (the file rewritten): a new int8 model and a new decision, accepted again
+    # new weights (the file rewritten): another cache entry, not made yet, and the old decision no longer applies
     os.utime(spec.weights, ns=(spec.weights.stat().st_atime_ns, spec.weights.stat().st_mtime_ns + 10**9))
-    renewed = Predictor(spec, "cpu")
-    assert len(list((paths.cache_dir() / "onnx").glob("*-int8-*.onnx"))) == 2
-    assert "int8 rejected" not in renewed.path_reason
+    renewed = Predictor(spec, "cpu", precision="fp32", backend="torch")
+    assert renewed.int8_path != int8_files[0] and not renewed.int8_path.is_file()
+    assert precision.DecisionCache().get(spec.weights, torch.device("cpu"), "int8") is None

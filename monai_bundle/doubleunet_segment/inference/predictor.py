@@ -28,6 +28,7 @@ from ..transforms import Normalize, ProbabilitiesToLabels, normalize_each_slice
 from .batching import OutOfMemory, default_batch_size, empty_slices, run_in_batches
 from .inferer import DoubleUNetInferer
 from .precision import choose_backend, choose_precision, time_call, validation_images, weights_key
+from .quantization import cpu_has_vnni, quantize_int8
 
 if TYPE_CHECKING:
     from .onnx_runtime import OnnxNetwork
@@ -160,6 +161,7 @@ class Predictor:
         self._use_channels_last()
         self._races: dict[str, tuple[float, float]] = {}
         self._int8: OnnxNetwork | None = None
+        self._scratch: Path | None = None  # the ONNX exports of a network without a weights file
         exportable = isinstance(self._torch_network, DoubleUNet)
         self.precision, precision_reason = choose_precision(
             precision,
@@ -250,26 +252,32 @@ class Predictor:
         x = self._race_input()
         return min(self._race()), time_call(lambda: int8(x), repeats=1)
 
+    @property
+    def int8_path(self) -> Path:
+        """Where the int8 model of this weights file is cached: beside its float32 export, named by the CPU kind
+        (VNNI or 7-bit weights) and the release (calibration may change between releases)."""
+        bits = "vnni" if cpu_has_vnni() else "7bit"
+        fp32 = self._onnx_path()
+        return fp32.with_name(f"{fp32.stem}-int8-{bits}-{__version__}.onnx")
+
     def int8_network(self) -> torch.nn.Module:
         """The int8 ONNX Runtime network (:func:`.quantization.quantize_int8`), quantized once per weights file
-        and CPU kind into the cache, calibrated on the model's training images as this predictor feeds them.
+        and CPU kind into the cache (:attr:`int8_path`), calibrated on the model's training images as this
+        predictor feeds them.
 
         Raises:
             RuntimeError: the model has no training images here to calibrate on.
         """
         from .onnx_runtime import OnnxNetwork
-        from .quantization import cpu_has_vnni, quantize_int8
 
         if self._int8 is not None:
             return self._int8
-        fp32 = self._onnx_network().path
-        bits = "vnni" if cpu_has_vnni() else "7bit"
-        path = fp32.with_name(f"{fp32.stem}-int8-{bits}-{__version__}.onnx")  # calibration may change per release
+        path = self.int8_path
         if not path.is_file():
             images = self._as_fed(validation_images(self.spec, CALIBRATION_IMAGES, "training"))
             if not images:
                 raise RuntimeError(f"model {self.spec.name!r}: no training images here to calibrate int8 on")
-            quantize_int8(fp32, path, self._network_inputs(images), self.spec.int8_keep_float)
+            quantize_int8(self._onnx_network().path, path, self._network_inputs(images), self.spec.int8_keep_float)
         self._int8 = OnnxNetwork(path, "cpu")
         return self._int8
 
@@ -295,16 +303,22 @@ class Predictor:
     def _network_channels(self) -> int:
         return 2 * self.spec.context + 1 if self.spec.context else self.spec.in_channels
 
+    def _onnx_path(self) -> Path:
+        """The float32 export's cache file, named by the weights file (:func:`.precision.weights_key`); a network
+        without a weights file gets a folder of its own for this predictor."""
+        weights = self._weights()
+        if weights is None:
+            if self._scratch is None:
+                self._scratch = Path(tempfile.mkdtemp(prefix="doubleunet-onnx-"))
+            return self._scratch / "model.onnx"
+        digest = hashlib.sha1(weights_key(weights).encode()).hexdigest()[:16]
+        return paths.cache_dir() / "onnx" / f"{weights.stem}-{digest}.onnx"
+
     def _onnx_network(self) -> OnnxNetwork:
         """The ONNX Runtime network, exported once per weights file into the cache."""
         from .onnx_runtime import OnnxNetwork, export_onnx
 
-        weights = self._weights()
-        if weights is None:
-            path = Path(tempfile.mkdtemp(prefix="doubleunet-onnx-")) / "model.onnx"
-        else:
-            digest = hashlib.sha1(weights_key(weights).encode()).hexdigest()[:16]
-            path = paths.cache_dir() / "onnx" / f"{weights.stem}-{digest}.onnx"
+        path = self._onnx_path()
         if not path.is_file():
             export_onnx(copy.deepcopy(self._torch_network).to("cpu"), path)
         return OnnxNetwork(path, self.device)
