@@ -97,26 +97,6 @@ def build(height: int, width: int, channels: int = 3):
     return Model(inputs, layers.Concatenate()([out1, head(x)]))
 
 
-def _closed_form(k: int, phase: int, kind: str, shape: list[int]) -> np.ndarray:
-    """Weight number ``k`` by the fixture README's murmur3-finaliser rule."""
-    n, mask = int(np.prod(shape)), np.uint64(0xFFFFFFFF)
-    h = (np.arange(n, dtype=np.uint64) + np.uint64((0x9E3779B9 * (k + phase + 1)) & 0xFFFFFFFF)) & mask
-    for shift, mult in ((16, 0x85EBCA6B), (13, 0xC2B2AE35)):
-        h ^= h >> np.uint64(shift)
-        h = (h * np.uint64(mult)) & mask
-    h ^= h >> np.uint64(16)
-    t = (h.astype(np.float64) / 2.0**32 * 2.0 - 1.0).reshape(shape)
-    scale = {
-        "kernel": lambda: np.sqrt(6.0 / int(np.prod(shape[:-1]))) * t,
-        "bias": lambda: 0.1 * t,
-        "gamma": lambda: 1 + 0.2 * t,
-        "beta": lambda: 0.2 * t,
-        "moving_mean": lambda: 0.2 * t,
-        "moving_variance": lambda: 1 + 0.5 * np.abs(t),
-    }
-    return scale[kind]().astype(np.float32)
-
-
 def parity() -> float:
     """Largest difference between this build and the fixture's outputs, weights set by the fixture's rule.
 
@@ -130,7 +110,9 @@ def parity() -> float:
     assert model.count_params() == KERAS_PARAMS, f"{model.count_params():,} parameters, DESIGN.md says {KERAS_PARAMS:,}"
     listed = sorted(spec["weights"], key=lambda w: w["index"])
     assert [list(v.shape) for v in model.weights] == [w["shape"] for w in listed], "weight shapes differ"
-    model.set_weights([_closed_form(w["index"], int(spec["phase"]), w["kind"], w["shape"]) for w in listed])
+    from doubleunet_segment.networks.keras_weights import closed_form_weight
+
+    model.set_weights([closed_form_weight(w["index"], int(spec["phase"]), w["kind"], w["shape"]) for w in listed])
     return float(np.abs(model.predict_on_batch(x) - np.load(FIXTURE / "output_nhwc.npy")).max())
 
 

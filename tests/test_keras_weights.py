@@ -10,36 +10,10 @@ import numpy as np
 import pytest
 import torch
 from doubleunet_segment.networks.doubleunet import DoubleUNet
-from doubleunet_segment.networks.keras_weights import load_keras_weights
+from doubleunet_segment.networks.keras_weights import closed_form_weight, load_keras_weights
 from helpers import KERAS_PARITY as FIXTURE
 
 pytestmark = pytest.mark.skipif(not (FIXTURE / "keras_weights.json").is_file(), reason=f"no fixture at {FIXTURE}")
-
-
-def closed_form_weight(k: int, phase: float, kind: str, shape: list) -> np.ndarray:
-    """Weight number k of the fixture's list, by its README's murmur3-finaliser rule."""
-    n = int(np.prod(shape))
-    mask = np.uint64(0xFFFFFFFF)
-    mult = (0x9E3779B9 * (k + int(phase) + 1)) & 0xFFFFFFFF
-    h = (np.arange(n, dtype=np.uint64) + np.uint64(mult)) & mask
-    h ^= h >> np.uint64(16)
-    h = (h * np.uint64(0x85EBCA6B)) & mask
-    h ^= h >> np.uint64(13)
-    h = (h * np.uint64(0xC2B2AE35)) & mask
-    h ^= h >> np.uint64(16)
-    t = (h.astype(np.float64) / 2.0**32 * 2.0 - 1.0).reshape(shape)
-    if kind == "kernel":
-        fan_in = int(np.prod(shape[:-1]))
-        w = np.sqrt(6.0 / fan_in) * t
-    else:
-        w = {
-            "bias": lambda: 0.1 * t,
-            "gamma": lambda: 1 + 0.2 * t,
-            "beta": lambda: 0.2 * t,
-            "moving_mean": lambda: 0.2 * t,
-            "moving_variance": lambda: 1 + 0.5 * np.abs(t),
-        }[kind]()
-    return w.astype(np.float32)
 
 
 def test_matches_keras_original_on_both_stages():

@@ -70,10 +70,10 @@ def test_int8_is_used_only_where_it_passes_and_is_faster(tmp_path):
     if "CPUExecutionProvider" not in onnxruntime_providers():
         pytest.skip("onnxruntime is not installed")
     cache = precision.DecisionCache(tmp_path / "slower.json")
-    chosen, why = precision.choose_precision("auto", CPU, weights, same, images, cache, race=lambda p: (1.0, 2.0))
+    chosen, why = precision.choose_precision("auto", CPU, weights, same, images, cache, race_int8=lambda: (1.0, 2.0))
     assert chosen in ("fp32", "bf16") and "int8 not faster" in why
     cache = precision.DecisionCache(tmp_path / "faster.json")
-    chosen, why = precision.choose_precision("auto", CPU, weights, same, images, cache, race=lambda p: (1.0, 0.5))
+    chosen, why = precision.choose_precision("auto", CPU, weights, same, images, cache, race_int8=lambda: (1.0, 0.5))
     assert chosen == "int8" and "0.500 s vs fp32 1.000 s" in why
     # no race given (a network ONNX Runtime cannot run): int8 is not a candidate at all
     assert "int8" not in precision.choose_precision("auto", CPU, weights, same, images, cache)[1]

@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep only each structure's largest connected piece (default: the model's own; hippocampus on)",
     )
     p.add_argument("--batch-size", type=int, default=None, help="slices per forward pass (default: per device)")
-    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto: bf16/fp16 if it keeps fp32 masks")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto: int8/bf16/fp16 where fp32 masks hold")
     p.add_argument("--backend", default="auto", choices=BACKENDS, help="auto: ONNX Runtime for fp32 if faster")
     p.add_argument(
         "--skip-empty",

@@ -172,7 +172,7 @@ class DecisionCache:
         return self._read(self.path).get(key) or sidecar
 
     def put(self, weights: Path, device: torch.device, what: str, value: dict) -> None:
-        """Store ``value`` (stamped with the torch version and time), atomically."""
+        """Store ``value`` (stamped with the torch version, this release and the time), atomically."""
         key = f"{weights_key(weights)}|{device_name(device)}|{what}"
         data = self._read(self.path)
         stamp = {"torch": torch.__version__, "version": __version__, "when": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -227,8 +227,7 @@ def choose_precision(
     labels: Callable[[np.ndarray, str], np.ndarray],
     images: Callable[[], list[np.ndarray]],
     cache: DecisionCache | None = None,
-    race: Callable[[str], tuple[float, float]] | None = None,
-    int8: bool = True,
+    race_int8: Callable[[], tuple[float, float]] | None = None,
 ) -> tuple[str, str]:
     """The precision to run at and why: ``choice`` if explicit, else the fastest reduced one that passes.
 
@@ -239,9 +238,9 @@ def choose_precision(
         labels: ``labels(image, precision)`` -> label map, for :func:`check_precision`.
         images: returns the validation images; called only when a check has to run.
         cache: the decision cache (default :class:`DecisionCache`).
-        race: ``race(precision)`` -> (float32 seconds, ``precision`` seconds) for one batch; int8 is used only
-            where it is faster (bf16 and fp16 are only tried on devices where they are). None: int8 is not tried.
-        int8: the network can go through the int8 path (see :func:`reduced_precisions`).
+        race_int8: ``race_int8()`` -> (float32 seconds, int8 seconds) for one batch: int8 is used only where it
+            is faster (bf16 and fp16 are only tried on devices where they are). None: int8 is not tried (a
+            network ONNX Runtime cannot run).
 
     Returns:
         ``fp32``, ``int8``, ``bf16`` or ``fp16`` and a sentence saying why.
@@ -253,7 +252,7 @@ def choose_precision(
         raise ValueError(f"precision must be one of {PRECISIONS}, got {choice!r}")
     if choice != "auto":
         return choice, f"{choice} requested"
-    candidates = reduced_precisions(device, int8 and race is not None)
+    candidates = reduced_precisions(device, race_int8 is not None)
     if not candidates:
         return "fp32", "fp32: this device has no fast reduced precision"
     cache = cache or DecisionCache()
@@ -266,8 +265,8 @@ def choose_precision(
             result = check_precision(labels, loaded, precision)
             cached = {"accepted": result.accepted, "dice": result.dice, "min_dice": result.min_dice}
             cached["images"] = result.images
-            if result.accepted and precision == "int8" and race is not None:
-                cached["fp32_s"], cached["low_s"] = race(precision)
+            if result.accepted and precision == "int8" and race_int8 is not None:
+                cached["fp32_s"], cached["low_s"] = race_int8()
             if result.images and weights and weights.is_file():
                 cache.put(weights, device, precision, cached)
         if not cached["images"]:

@@ -159,7 +159,8 @@ class Predictor:
         self.notes: list[str] = []
         self._torch_network = self.network
         self._use_channels_last()
-        self._races: dict[str, tuple[float, float]] = {}
+        self._fp32_race: tuple[float, float] | None = None  # shared by the int8 and the backend decisions
+        self._onnx: OnnxNetwork | None = None
         self._int8: OnnxNetwork | None = None
         self._scratch: Path | None = None  # the ONNX exports of a network without a weights file
         exportable = isinstance(self._torch_network, DoubleUNet)
@@ -169,8 +170,7 @@ class Predictor:
             self._weights(),
             self._labels_at,
             self._validation_images,
-            race=self._race_precision,
-            int8=exportable,
+            race_int8=self._race_int8 if exportable else None,
         )
         self.inferer.precision = "fp32" if self.precision == "int8" else self.precision
         self.backend, backend_reason = choose_backend(
@@ -230,7 +230,7 @@ class Predictor:
     def _race(self) -> tuple[float, float]:
         """Seconds for one batch at the trained size through PyTorch and through ONNX Runtime (fp32); timed once
         per predictor (the int8 decision and the backend decision share it)."""
-        if "fp32" not in self._races:
+        if self._fp32_race is None:
             model = self._torch_network
             onnx = self._onnx_network()
             x = self._race_input()
@@ -238,16 +238,14 @@ class Predictor:
             with torch.inference_mode():
                 torch_s = time_call(lambda: model(x.contiguous(memory_format=layout)), repeats=1)
                 onnx_s = time_call(lambda: onnx(x), repeats=1)
-            self._races["fp32"] = (torch_s, onnx_s)
-        return self._races["fp32"]
+            self._fp32_race = (torch_s, onnx_s)
+        return self._fp32_race
 
     def _race_input(self) -> torch.Tensor:
         return torch.rand(self.batch_size, self._network_channels(), *self.spec.roi_size, device=self.device)
 
-    def _race_precision(self, precision: str) -> tuple[float, float]:
-        """(fastest float32 seconds, int8 seconds) for one batch at the trained size; only int8 is raced."""
-        if precision != "int8":
-            raise ValueError(f"only int8 is raced against float32, not {precision}")
+    def _race_int8(self) -> tuple[float, float]:
+        """(fastest float32 seconds, int8 seconds) for one batch at the trained size."""
         int8 = self.int8_network()
         x = self._race_input()
         return min(self._race()), time_call(lambda: int8(x), repeats=1)
@@ -277,7 +275,7 @@ class Predictor:
             images = self._as_fed(validation_images(self.spec, CALIBRATION_IMAGES, "training"))
             if not images:
                 raise RuntimeError(f"model {self.spec.name!r}: no training images here to calibrate int8 on")
-            quantize_int8(self._onnx_network().path, path, self._network_inputs(images), self.spec.int8_keep_float)
+            quantize_int8(self._onnx_export(), path, self._network_inputs(images), self.spec.int8_keep_float)
         self._int8 = OnnxNetwork(path, "cpu")
         return self._int8
 
@@ -314,14 +312,22 @@ class Predictor:
         digest = hashlib.sha1(weights_key(weights).encode()).hexdigest()[:16]
         return paths.cache_dir() / "onnx" / f"{weights.stem}-{digest}.onnx"
 
-    def _onnx_network(self) -> OnnxNetwork:
-        """The ONNX Runtime network, exported once per weights file into the cache."""
-        from .onnx_runtime import OnnxNetwork, export_onnx
+    def _onnx_export(self) -> Path:
+        """The float32 ONNX file (:meth:`_onnx_path`), exported once per weights file into the cache."""
+        from .onnx_runtime import export_onnx
 
         path = self._onnx_path()
         if not path.is_file():
             export_onnx(copy.deepcopy(self._torch_network).to("cpu"), path)
-        return OnnxNetwork(path, self.device)
+        return path
+
+    def _onnx_network(self) -> OnnxNetwork:
+        """The float32 ONNX Runtime network: one session per predictor, shared by the race and the run."""
+        from .onnx_runtime import OnnxNetwork
+
+        if self._onnx is None:
+            self._onnx = OnnxNetwork(self._onnx_export(), self.device)
+        return self._onnx
 
     def _check_channels(self, volume: np.ndarray) -> np.ndarray:
         """The volume with the channels preprocessing expects; grey for RGB models is expanded per batch."""

@@ -398,12 +398,17 @@ def run_case(
         for note in write_outputs(case_dir, volume, seg, predictor.spec, planned, args.overwrite, rule):
             reporter.event(event=protocol.NOTE, case=case.name, message=note)
         clock["write"] = time.monotonic() - start - sum(clock.values())
-        times = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in clock.items())
-        reporter.event(event=protocol.NOTE, case=case.name, message=f"stage times: {times}")
+        _note_stage_times(reporter, case, clock)
         voxels = int((seg.labels > 0).sum())
         return CaseResult(case, True, time.monotonic() - start, n, voxels, {k: str(v) for k, v in planned.items()})
     except Exception as err:  # one bad case must not stop the batch
         return CaseResult(case, False, time.monotonic() - start, message=failure_message(err, case))
+
+
+def _note_stage_times(reporter: Reporter, case: Case, seconds: dict[str, float]) -> None:
+    """One note with each stage's wall time in s, e.g. ``stage times: read 0.5 s, inference 6.1 s``."""
+    times = ", ".join(f"{stage} {value:.1f} s" for stage, value in seconds.items())
+    reporter.event(event=protocol.NOTE, case=case.name, message=f"stage times: {times}")
 
 
 def _run_whole_head(
@@ -428,8 +433,7 @@ def _run_whole_head(
         lambda done, total: reporter.progress(case, done, total),
         uncertainty=True,  # the quality check weighs the stages' disagreement; the map is written on request
     )
-    times = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in {"read": read_seconds, **head.seconds}.items())
-    reporter.event(event=protocol.NOTE, case=case.name, message=f"stage times: {times}")
+    _note_stage_times(reporter, case, {"read": read_seconds, **head.seconds})
     written = time.monotonic()
     seg = Prediction(None, head.labels, str(predictor.device), predictor.device_reason, notes=head.notes)
     uncertainty = getattr(args, "uncertainty", False)

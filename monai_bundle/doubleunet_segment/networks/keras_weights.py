@@ -14,7 +14,42 @@ from torch import nn
 
 from .doubleunet import DoubleUNet
 
-__all__ = ["keras_layer_map", "load_keras_weights"]
+__all__ = ["closed_form_weight", "keras_layer_map", "load_keras_weights"]
+
+
+def closed_form_weight(k: int, phase: int, kind: str, shape: list[int]) -> np.ndarray:
+    """Weight number ``k`` of the Keras parity fixture (../shared/keras-parity/README.md), by its rule: a murmur3
+    finaliser over ``i + 0x9E3779B9 * (k + phase + 1)``, mapped to [-1, 1) and scaled by ``kind``.
+
+    Args:
+        k: the weight's index in Keras' own order.
+        phase: the fixture's ``phase`` (a whole number).
+        kind: ``kernel`` (scaled by sqrt(6 / fan_in)), ``bias``, ``gamma``, ``beta``, ``moving_mean`` or
+            ``moving_variance``.
+        shape: the weight's shape in Keras' layout (a conv kernel is (kh, kw, in, out)).
+
+    Returns:
+        float32 array of ``shape``.
+
+    Raises:
+        KeyError: an unknown ``kind``.
+    """
+    n, mask = int(np.prod(shape)), np.uint64(0xFFFFFFFF)
+    h = (np.arange(n, dtype=np.uint64) + np.uint64((0x9E3779B9 * (k + int(phase) + 1)) & 0xFFFFFFFF)) & mask
+    for shift, mult in ((16, 0x85EBCA6B), (13, 0xC2B2AE35)):
+        h ^= h >> np.uint64(shift)
+        h = (h * np.uint64(mult)) & mask
+    h ^= h >> np.uint64(16)
+    t = (h.astype(np.float64) / 2.0**32 * 2.0 - 1.0).reshape(shape)
+    scale = {
+        "kernel": lambda: np.sqrt(6.0 / int(np.prod(shape[:-1]))) * t,
+        "bias": lambda: 0.1 * t,
+        "gamma": lambda: 1 + 0.2 * t,
+        "beta": lambda: 0.2 * t,
+        "moving_mean": lambda: 0.2 * t,
+        "moving_variance": lambda: 1 + 0.5 * np.abs(t),
+    }
+    return scale[kind]().astype(np.float32)
 
 
 def keras_layer_map(model: DoubleUNet) -> dict[str, nn.Module]:
