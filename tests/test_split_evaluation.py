@@ -103,3 +103,5 @@ def test_the_test_split_is_scored_once_per_weights_file(tmp_path: Path, capsys):
     assert "already tested" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main([str(bundle), "--test", "--views", "0"])  # exploring belongs on validation
+    with pytest.raises(SystemExit):
+        main([str(bundle), "--test", "--int8"])

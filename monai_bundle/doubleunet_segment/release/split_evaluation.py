@@ -251,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     explore.add_argument("--weights", type=Path, help="other weights (a training run's models/model.pt)")
     explore.add_argument("--views", help="slice axes whose probabilities are averaged, e.g. 1 or 1,0,2")
     explore.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    explore.add_argument("--int8", action="store_true", help="the engine's int8 path (ONNX Runtime) instead of fp32")
     parser.add_argument("--data-dir", type=Path, default=None, help="the datalist's base folder (the sample data)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N cases of each section (0: all)")
     args = parser.parse_args(argv)
@@ -262,16 +263,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.model} is not a bundle's model: it has no split")
     spec_file = spec.bundle / "models" / paths.MODEL_SPEC_NAME
     metrics_file = spec.weights.with_name("metrics.json")
-    explored = args.weights is not None or args.views is not None or args.tta
+    explored = args.weights is not None or args.views is not None or args.tta or args.int8
     if explored and (args.test or args.write):
-        parser.error("--weights, --views and --tta compare on validation; --test and --write use the shipped model")
+        parser.error(
+            "--weights, --views, --tta and --int8 compare on validation; --test and --write use the shipped model"
+        )
     if args.weights is not None:
         spec = replace(spec, weights=args.weights.resolve())
     if args.views is not None:
         axes = tuple(int(a) for a in args.views.split(","))
         spec = replace(spec, slice_axis=axes[0], consensus_axes=axes if len(axes) > 1 else ())
     if args.choose_postprocessing:
-        cases = predict_section(spec, "validation", args.data_dir, args.limit, tta=args.tta)
+        precision = "int8" if args.int8 else "fp32"
+        cases = predict_section(spec, "validation", args.data_dir, args.limit, tta=args.tta, precision=precision)
         chosen, table = choose_postprocessing(cases, spec)
         for row in table:
             print(f"  {row['step']:24s} {row['setting']!s:28s} {row['mean_dice']:.4f}{'  kept' if row['kept'] else ''}")
