@@ -33,6 +33,7 @@ bench: $(STAMP) $(KERAS_STAMP)
 	$(PY) benchmarks/bench_inference.py
 	$(PY) benchmarks/bench_whole_head.py
 	$(PY) benchmarks/bench_views.py --views 1,0,2
+	$(PY) benchmarks/bench_training.py --steps 10
 
 # 512 x 512 batch 1 per path and the engine's own choice, in a few minutes: benchmarks/results/bench_quick.json
 bench-quick: $(STAMP) $(KERAS_STAMP)

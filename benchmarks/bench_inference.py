@@ -291,10 +291,9 @@ def device_info(device: str) -> dict:
         info["name"] = torch.cuda.get_device_name(0)
         info["reduced"] = ["fp16", "bf16"] if torch.cuda.is_bf16_supported() else ["fp16"]
     else:
-        cpuinfo = Path("/proc/cpuinfo")
-        names = [line for line in cpuinfo.read_text().splitlines() if "model name" in line] if cpuinfo.is_file() else []
-        model = names[0].split(":", 1)[1].strip() if names else platform.processor()
-        info["name"] = f"{model}, {os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads"
+        from doubleunet_segment.inference.cpu import cpu_description
+
+        info["name"] = f"{cpu_description()}, {torch.get_num_threads()} torch threads"
         info["reduced"] = ["bf16"] if cpu_supports_bf16() else []
     return info
 

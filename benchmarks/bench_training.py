@@ -2,11 +2,12 @@
 
 Issue 18 item 4 asks where a CPU training step's time goes and what the data pipeline costs it. This times the
 step exactly as the bundle's ``configs/train.json`` builds it (read with MONAI's ``ConfigParser``: its dataset and
-transforms, channels-last DoubleU-Net, ``StagewiseLoss``, Adam, batch 8, its bf16 ``AutocastInferer`` where the CPU
-has bf16) and the same step with the data and threads set up otherwise:
+transforms, DoubleU-Net, ``StagewiseLoss``, Adam, batch 8, its bf16 ``AutocastInferer`` where the CPU has bf16) and
+the same step with the data, threads and memory layout set up otherwise:
 
-- ``baseline``: today's pipeline as train.json builds it: ``train#dataset`` and ``train#dataloader`` (its
-  ``num_workers`` DataLoader workers), torch's default threads.
+- ``baseline``: release 0.5.0's step: the pipeline as train.json builds it (``train#dataset`` and
+  ``train#dataloader`` with its ``num_workers`` DataLoader workers, torch's default threads), the network
+  channels-last. The data and thread variants below keep channels-last, so they differ from it in one thing.
 - ``cache``: a MONAI ``CacheDataset`` that keeps the deterministic transforms' output (loading, thresholding,
   resizing, normalising: everything before the first random transform), so only the augmentation runs per step,
   in the main process (no DataLoader workers). Note that train.json's ``train#dataset`` is itself such a
@@ -14,6 +15,9 @@ has bf16) and the same step with the data and threads set up otherwise:
   shows what the cache buys.
 - ``cache+threads``: as ``cache`` with ``torch.set_num_threads(os.cpu_count())``: every core computes, and no
   worker process competes with them.
+- ``nchw``: as ``baseline`` with the network in the contiguous (NCHW) layout, which train.json's ``memory_format:
+  auto`` picks on a CPU that trains in float32 (:mod:`doubleunet_segment.training.memory_format`).
+- ``nchw+threads``: as ``cache+threads`` in NCHW.
 - ``compile``: as ``cache+threads`` with ``torch.compile`` of the network; its first step (the compilation) is
   reported as ``compile_s``, apart from the steady state, and it is skipped with a note when it fails or takes
   longer than ``--compile-timeout``.
@@ -29,7 +33,7 @@ without, so the losses agree to within the augmentation's noise, not to the bit)
 main process, and of the largest DataLoader worker). The table gives each variant's images/s against
 ``baseline`` in the same run; the JSON goes to ``benchmarks/results/bench_training.json``.
 
-    python benchmarks/bench_training.py [--steps 20] [--warmup 3] [--variants baseline,cache,cache+threads,compile]
+    python benchmarks/bench_training.py [--steps 20] [--warmup 3] [--variants baseline,nchw,nchw+threads]
     python benchmarks/bench_training.py --quick      # 2 warm-up + 3 timed steps: a smoke check, not a figure
 """
 
@@ -52,7 +56,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "monai_bundle" / "polyp"
 TRAIN_CONFIG = BUNDLE / "configs" / "train.json"
-VARIANTS = ("baseline", "cache", "cache+threads", "compile")
+VARIANTS = ("baseline", "cache", "cache+threads", "nchw", "nchw+threads", "compile")
 EXTRA_VARIANTS = ("nocache",)
 QUICK_STEPS, QUICK_WARMUP = 3, 2
 
@@ -90,16 +94,17 @@ def cached_transforms(dataset: Any) -> list[str]:
 
 
 def configure_data(parser: Any, variant: str, seed: int) -> None:
-    """Set ``parser``'s ``train#dataset`` and ``train#dataloader`` up as ``variant`` has them.
+    """Set ``parser``'s ``train#dataset``, ``train#dataloader`` and ``memory_format`` up as ``variant`` has them.
 
     Every variant's loader shuffles with its own generator seeded with ``seed``, so all see the same items in the
     same order (MONAI's DataLoader otherwise draws the order from the global generator at different points with
     and without workers); it changes which items come, not how fast.
     """
     workers = int(parser["num_workers"])
+    parser["memory_format"] = "contiguous" if variant.startswith("nchw") else "channels_last"
     if variant == "nocache":
         parser["train#dataset"] = {"_target_": "Dataset", "data": "@train#items", "transform": "@train#preprocessing"}
-    elif variant != "baseline":
+    elif variant not in ("baseline", "nchw"):
         # a CacheDataset caching with the config's threads (as train.json's own), then batches made in this process
         parser["train#dataset"] = {
             "_target_": "CacheDataset",
@@ -130,7 +135,7 @@ def measure(variant: str, steps: int, warmup: int, items: int, seed: int) -> dic
     from monai.engines.utils import default_prepare_batch
     from monai.utils import set_determinism
 
-    if variant in ("cache+threads", "compile"):
+    if variant in ("cache+threads", "nchw+threads", "compile"):
         torch.set_num_threads(os.cpu_count() or 1)
     set_determinism(seed=seed)
     parser = load_config(items)
@@ -190,6 +195,7 @@ def measure(variant: str, steps: int, warmup: int, items: int, seed: int) -> dic
         "peak_rss_gb": peak_rss_gb(),
         "peak_rss_worker_gb": peak_rss_gb(resource.RUSAGE_CHILDREN) if note["loader_workers"] else None,
         "torch_threads": torch.get_num_threads(),
+        "memory_format": parser["memory_format"],
         "batch_size": batch_size,
         "autocast_bf16": bool(getattr(inferer, "enabled", False)),
         **note,
@@ -225,12 +231,11 @@ def machine_info() -> dict:
     """CPU, core count and library versions, so a figure can be told apart from one of another machine."""
     import monai
     import torch
+    from doubleunet_segment.inference.cpu import cpu_description
     from doubleunet_segment.inference.inferer import cpu_supports_bf16
 
-    cpuinfo = Path("/proc/cpuinfo")
-    names = [line for line in cpuinfo.read_text().splitlines() if "model name" in line] if cpuinfo.is_file() else []
     return {
-        "cpu": names[0].split(":", 1)[1].strip() if names else platform.processor(),
+        "cpu": cpu_description(),
         "logical_cores": os.cpu_count(),
         "bf16": cpu_supports_bf16(),
         "torch": torch.__version__,

@@ -91,3 +91,21 @@ def test_backend_choice_follows_the_race_and_precision(tmp_path):
         assert precision.choose_backend("auto", CPU, "fp32", weights, lambda: (1.0, 0.5))[0] == "onnx"
         assert precision.choose_backend("auto", CPU, "fp32", weights, lambda: (0.1, 0.5))[0] == "onnx"  # cached
         assert precision.choose_backend("onnx", CPU, "fp32", None, lambda: (0.0, 0.0))[0] == "onnx"
+
+
+def test_a_decision_measured_on_one_cpu_kind_is_not_reused_on_another(tmp_path, monkeypatch):
+    """Two VMs can share a model name ("AMD EPYC") and a home folder, yet differ in VNNI: the key tells them apart."""
+    from doubleunet_segment.inference import cpu
+
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"x")
+    name = precision.device_name(CPU)
+    assert name == cpu.cpu_description()
+    assert name.startswith(f"{cpu.cpu_model()} x") and torch.backends.cpu.get_cpu_capability() in name
+    assert ("vnni" in name.split()) == cpu.cpu_has_vnni()
+    cache = precision.DecisionCache(tmp_path / "shared.json")
+    cache.put(weights, CPU, "int8", {"accepted": True})
+    assert cache.get(weights, CPU, "int8")["accepted"]
+    monkeypatch.setattr(cpu, "cpu_has_vnni", lambda: not cpu.VNNI_FLAGS & cpu.cpu_flags())  # the other kind
+    assert precision.device_name(CPU) != name
+    assert cache.get(weights, CPU, "int8") is None

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import torch
 
 from .. import __version__, paths
 from ..catalog import ModelSpec
+from .cpu import cpu_description
 from .inferer import cpu_supports_bf16
 
 __all__ = [
@@ -129,10 +129,11 @@ def reduced_precisions(device: torch.device, int8: bool = True) -> list[str]:
 
 
 def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU's processor name and core count: part of each cached decision's key."""
+    """The GPU's name, or the CPU's model, cores and features (:func:`.cpu.cpu_description`): part of each cached
+    decision's key."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} x{os.cpu_count()}"
+    return cpu_description()
 
 
 def weights_key(weights: Path) -> str:

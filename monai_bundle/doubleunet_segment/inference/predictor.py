@@ -26,9 +26,10 @@ from ..catalog import ModelSpec, load_model
 from ..networks.doubleunet import DoubleUNet
 from ..transforms import Normalize, ProbabilitiesToLabels, normalize_each_slice
 from .batching import OutOfMemory, default_batch_size, empty_slices, run_in_batches
+from .cpu import cpu_has_vnni
 from .inferer import DoubleUNetInferer
 from .precision import choose_backend, choose_precision, time_call, validation_images, weights_key
-from .quantization import cpu_has_vnni, quantize_int8
+from .quantization import quantize_int8
 
 if TYPE_CHECKING:
     from .onnx_runtime import OnnxNetwork

@@ -24,20 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["QUANTIZED_OPS", "cpu_has_vnni", "quantize_int8"]
+from .cpu import cpu_has_vnni
+
+__all__ = ["QUANTIZED_OPS", "quantize_int8"]
 
 QUANTIZED_OPS = ("Conv", "MatMul")  # the convolutions and the squeeze-and-excite dense layers
-
-
-def cpu_has_vnni() -> bool:
-    """True where the CPU has an int8 dot-product instruction (AVX512-VNNI, AVX-VNNI or AMX-INT8), read from
-    ``/proc/cpuinfo`` (False elsewhere, e.g. on macOS, where 7-bit weights are the safe choice)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
 
 
 def quantize_int8(
@@ -56,7 +47,7 @@ def quantize_int8(
         calibration: network inputs, each (N, C, H, W) float32 as the engine feeds them (H, W multiples of 16).
         keep_float: ONNX node-name prefixes to leave in float32; the exporter names nodes by module path, e.g.
             ``/head2/`` or ``/encoder1/stages.0/``.
-        reduce_range: 7-bit weights; None: when the CPU has no VNNI (:func:`cpu_has_vnni`).
+        reduce_range: 7-bit weights; None: when the CPU has no VNNI (:func:`.cpu.cpu_has_vnni`).
 
     Raises:
         ValueError: ``calibration`` is empty.
