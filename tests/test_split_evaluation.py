@@ -105,3 +105,20 @@ def test_the_test_split_is_scored_once_per_weights_file(tmp_path: Path, capsys):
         main([str(bundle), "--test", "--views", "0"])  # exploring belongs on validation
     with pytest.raises(SystemExit):
         main([str(bundle), "--test", "--int8"])
+    with pytest.raises(SystemExit):
+        main([str(bundle), "--test", "--context", "1"])
+
+
+@needs_data
+def test_2p5d_weights_are_explored_on_validation_with_their_neighbouring_slices(tmp_path: Path, capsys):
+    """--context 1 runs a three-channel network on (slice - 1, slice, slice + 1). The shipped weights fit such a
+    network (their first layers take VGG's three channels), which is how a 2.5D fine-tune starts from them; a
+    network given the neighbouring slices scores other masks than one given the slice thrice."""
+    bundle = REPO / "monai_bundle" / "hippocampus"
+    assert main([str(bundle), "--choose-postprocessing", "--limit", "2"]) == 0
+    flat = capsys.readouterr().out
+    assert main([str(bundle), "--choose-postprocessing", "--context", "1", "--limit", "2"]) == 0
+    stacked = capsys.readouterr().out
+    assert "chosen on 2 validation cases" in stacked
+    first_row = lambda out: next(line for line in out.splitlines() if line.strip().startswith("baseline"))  # noqa: E731
+    assert first_row(flat) != first_row(stacked)

@@ -250,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     explore = parser.add_argument_group("with --choose-postprocessing only: compare on validation")
     explore.add_argument("--weights", type=Path, help="other weights (a training run's models/model.pt)")
     explore.add_argument("--views", help="slice axes whose probabilities are averaged, e.g. 1 or 1,0,2")
+    explore.add_argument(
+        "--context", type=int, choices=(0, 1), help="2.5D weights: 1 gives the slices on each side as channels"
+    )
     explore.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     explore.add_argument("--int8", action="store_true", help="the engine's int8 path (ONNX Runtime) instead of fp32")
     parser.add_argument("--data-dir", type=Path, default=None, help="the datalist's base folder (the sample data)")
@@ -263,13 +266,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.model} is not a bundle's model: it has no split")
     spec_file = spec.bundle / "models" / paths.MODEL_SPEC_NAME
     metrics_file = spec.weights.with_name("metrics.json")
-    explored = args.weights is not None or args.views is not None or args.tta or args.int8
+    explored = args.weights is not None or args.views is not None or args.context is not None or args.tta or args.int8
     if explored and (args.test or args.write):
         parser.error(
-            "--weights, --views, --tta and --int8 compare on validation; --test and --write use the shipped model"
+            "--weights, --views, --context, --tta and --int8 compare on validation; --test and --write use the "
+            "shipped model"
         )
     if args.weights is not None:
         spec = replace(spec, weights=args.weights.resolve())
+    if args.context is not None:  # the network takes 2 * context + 1 slices as its channels (1 or 3)
+        spec = replace(
+            spec, context=args.context, in_channels=2 * args.context + 1 if args.context else spec.in_channels
+        )
     if args.views is not None:
         axes = tuple(int(a) for a in args.views.split(","))
         spec = replace(spec, slice_axis=axes[0], consensus_axes=axes if len(axes) > 1 else ())
