@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 task = {"kind": "path", "device": device, "path": path, "size": size, "batch": batch}
                 r = run_worker({**task, "repeats": args.repeats})
-            precision = path.rsplit("_", 1)[-1]
+            precision = "fp32" if path == "keras" else path.rsplit("_", 1)[-1]  # Keras runs float32
             row = {"size": size, "path": path if batch == 1 else f"{path} batch {batch}", "batch": batch, **r}
             row.update(dice.get(path, {}) if batch == 1 else {})
             if "seconds_per_slice" in r:
@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
                 row.update(
                     slices_per_s=1 / s,
                     gflops=flops / s / 1e9,
-                    pct_peak=100 * flops / s / 1e9 / peak if peak and path != "keras" else None,
+                    pct_peak=100 * flops / s / 1e9 / peak if peak else None,
                     speedup=base / s if base else None,
                     vs_keras=keras["seconds_per_slice"] / s if "seconds_per_slice" in keras else None,
                     gflop_per_slice=flops / 1e9,
