@@ -50,14 +50,43 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "monai_bundle" / "polyp"
 TRAIN_CONFIG = BUNDLE / "configs" / "train.json"
-VARIANTS = ("baseline", "cache", "cache+threads", "nchw", "nchw+threads", "compile")
-EXTRA_VARIANTS = ("nocache",)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How one variant sets the step up (see the module docstring for each variant's purpose).
+
+    Attributes:
+        data: ``config`` (train.json's dataset and DataLoader workers), ``cache`` (a CacheDataset, batches made in
+            this process) or ``nocache`` (a plain Dataset with train.json's workers).
+        memory_format: the network's layout, train.json's ``memory_format``.
+        all_threads: ``torch.set_num_threads(os.cpu_count())``.
+        compile: ``torch.compile`` the network.
+    """
+
+    data: str = "config"
+    memory_format: str = "channels_last"
+    all_threads: bool = False
+    compile: bool = False
+
+
+VARIANTS = {
+    "baseline": Variant(),
+    "cache": Variant(data="cache"),
+    "cache+threads": Variant(data="cache", all_threads=True),
+    "nchw": Variant(memory_format="contiguous"),
+    "nchw+threads": Variant(data="cache", memory_format="contiguous", all_threads=True),
+    "compile": Variant(data="cache", all_threads=True, compile=True),
+}
+EXTRA_VARIANTS = {"nocache": Variant(data="nocache")}  # run only when named in --variants
+ALL_VARIANTS = {**VARIANTS, **EXTRA_VARIANTS}
 QUICK_STEPS, QUICK_WARMUP = 3, 2
 
 
@@ -101,10 +130,11 @@ def configure_data(parser: Any, variant: str, seed: int) -> None:
     and without workers); it changes which items come, not how fast.
     """
     workers = int(parser["num_workers"])
-    parser["memory_format"] = "contiguous" if variant.startswith("nchw") else "channels_last"
-    if variant == "nocache":
+    setup = ALL_VARIANTS[variant]
+    parser["memory_format"] = setup.memory_format
+    if setup.data == "nocache":
         parser["train#dataset"] = {"_target_": "Dataset", "data": "@train#items", "transform": "@train#preprocessing"}
-    elif variant not in ("baseline", "nchw"):
+    elif setup.data == "cache":
         # a CacheDataset caching with the config's threads (as train.json's own), then batches made in this process
         parser["train#dataset"] = {
             "_target_": "CacheDataset",
@@ -122,7 +152,7 @@ def measure(variant: str, steps: int, warmup: int, items: int, seed: int) -> dic
     """Time ``warmup + steps`` training steps of ``variant`` (run in a fresh process by :func:`run_worker`).
 
     Args:
-        variant: one of :data:`VARIANTS` or :data:`EXTRA_VARIANTS`.
+        variant: a name in :data:`ALL_VARIANTS`.
         steps: timed steps.
         warmup: untimed steps before them.
         items: training items to use (at least one batch).
@@ -135,7 +165,8 @@ def measure(variant: str, steps: int, warmup: int, items: int, seed: int) -> dic
     from monai.engines.utils import default_prepare_batch
     from monai.utils import set_determinism
 
-    if variant in ("cache+threads", "nchw+threads", "compile"):
+    setup = ALL_VARIANTS[variant]
+    if setup.all_threads:
         torch.set_num_threads(os.cpu_count() or 1)
     set_determinism(seed=seed)
     parser = load_config(items)
@@ -156,7 +187,7 @@ def measure(variant: str, steps: int, warmup: int, items: int, seed: int) -> dic
         "loader_workers": loader.num_workers,
     }
     batch_size = int(loader.batch_size)
-    model = torch.compile(network) if variant == "compile" else network
+    model = torch.compile(network) if setup.compile else network
 
     data_s, compute_s, step_s, losses = [], [], [], []
     iterator = iter(loader)
@@ -200,7 +231,7 @@ def measure(variant: str, steps: int, warmup: int, items: int, seed: int) -> dic
         "autocast_bf16": bool(getattr(inferer, "enabled", False)),
         **note,
     }
-    if variant == "compile":
+    if setup.compile:
         out["compile_s"] = step_s[0]  # the first step traces and compiles forward and backward
     return out
 
@@ -270,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--variants",
         default=",".join(VARIANTS),
-        help=f"comma-separated, from {', '.join(VARIANTS + EXTRA_VARIANTS)} (default: %(default)s)",
+        help=f"comma-separated, from {', '.join(ALL_VARIANTS)} (default: %(default)s)",
     )
     p.add_argument(
         "--items",
@@ -292,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps if args.steps is not None else (QUICK_STEPS if args.quick else 20)
     warmup = args.warmup if args.warmup is not None else (QUICK_WARMUP if args.quick else 3)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = sorted(set(variants) - set(VARIANTS + EXTRA_VARIANTS))
+    unknown = sorted(set(variants) - set(ALL_VARIANTS))
     if unknown or steps < 1 or warmup < 0:
         p.error(f"unknown variants {unknown}" if unknown else "--steps must be >= 1 and --warmup >= 0")
     if not sample_data().is_dir():
@@ -316,10 +347,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: OMP_NUM_THREADS={m['omp_num_threads']} is set; unset it for figures of the default setup")
     for name in variants:
         task = {"variant": name, "steps": steps, "warmup": warmup, "items": items, "seed": args.seed}
-        row = run_worker(task, timeout=args.compile_timeout if name == "compile" else None)
-        if name == "compile" and "skipped" in row:
+        compiles = ALL_VARIANTS[name].compile
+        row = run_worker(task, timeout=args.compile_timeout if compiles else None)
+        if compiles and "skipped" in row:
             row["skipped"] = f"torch.compile skipped: {row['skipped']} (--compile-timeout)"
-        elif name == "compile" and "error" in row:
+        elif compiles and "error" in row:
             row["skipped"] = f"torch.compile skipped: {row['error']}"
         report["variants"][name] = row
         figure = f"{row['images_per_s']:.2f} img/s" if "images_per_s" in row else row.get("skipped") or row.get("error")

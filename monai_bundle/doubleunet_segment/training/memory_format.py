@@ -13,7 +13,7 @@ float32, a polyp DoubleU-Net training step (forward, ``StagewiseLoss``, backward
 - first VGG layer 64 -> 64 at 128 px: forward 109 vs 171 ms, backward 994 vs 356 ms.
 
 ``benchmarks/bench_training.py`` measures the layouts against each other on any machine (variants ``baseline``,
-channels-last, and ``nchw``).
+channels-last, against ``nchw``).
 """
 
 from __future__ import annotations
