@@ -59,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     from doubleunet_segment.inference.precision import MIN_IMAGE_DICE, mask_dice, validation_images
     from doubleunet_segment.inference.predictor import Predictor
 
-    spec = resolve_model(args.model)
+    try:
+        spec = resolve_model(args.model)
+    except FileNotFoundError as err:
+        p.error(str(err))
     predictor = Predictor(spec, precision="fp32", backend="torch", device="cpu")
     network = predictor._torch_network.float().to(memory_format=torch.contiguous_format).eval()
     calibration = predictor._network_inputs(predictor._as_fed(validation_images(spec, args.calibration, "training")))
