@@ -125,7 +125,7 @@ def test_extra_overrides_replace_stage_values_and_shipped_init_names_a_bundle_fi
     assert option(cmd, "--init_weights") == str(BUNDLES / "polyp" / "models" / "model.pt")
     assert cmd.count("--epochs") == 1 and option(cmd, "--epochs") == "1"
     assert option(cmd, "--num_workers") == "0"
-    assert promote[-3:] == ["--", "--image_size", "[64, 64]"]  # only the geometry goes to ship
+    assert promote[-3:] == ["--", "--image_size", "[64, 64]"]  # only the inputs go to ship
     with pytest.raises(SystemExit):
         main([*argv, "--", "--output_dir", "/elsewhere"])
 

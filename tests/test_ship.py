@@ -30,18 +30,18 @@ def test_summary_groups_by_dataset_folder_and_class():
     assert abs(summary["mean_dice"] - 2.3 / 3) < 1e-9
 
 
-def test_candidate_is_evaluated_at_its_own_geometry_and_the_shipped_at_the_catalogs(tmp_path):
+def test_candidate_is_evaluated_with_its_own_inputs_and_the_shipped_with_the_catalogs(tmp_path):
     import json
     import shutil
 
-    from doubleunet_segment.catalog import read_catalog
+    from doubleunet_segment.catalog import read_bundle, read_catalog
     from doubleunet_segment.paths import bundle_dir
     from doubleunet_segment.release.ship import (
-        candidate_geometry,
+        candidate_inputs,
         evaluation_overrides,
         parse_overrides,
-        shipped_geometry,
-        update_spec_geometry,
+        shipped_inputs,
+        update_spec_inputs,
     )
 
     assert parse_overrides(["--image_size", "[48,48]", "--datalist", "auto"]) == {
@@ -52,30 +52,41 @@ def test_candidate_is_evaluated_at_its_own_geometry_and_the_shipped_at_the_catal
         parse_overrides(["--slice_axis"])
     configs = bundle_dir("polyp") / "configs"
     polyp = [str(configs / "train.json"), str(configs / "evaluate.json")]
-    assert candidate_geometry(polyp, []) == {"image_size": [128, 128]}  # 2D: no slice axis to record
+    assert candidate_inputs(polyp, []) == {"image_size": [128, 128], "in_channels": 3}  # 2D: no slice axis
     configs = bundle_dir("hippocampus") / "configs"
     hippo = [str(configs / "train.json"), str(configs / "evaluate.json")]
-    overrides = ["--slice_axis", "1", "--image_size", "[48,48]", "--num_workers", "0"]
-    geometry = candidate_geometry(hippo, overrides)
-    assert geometry == {"slice_axis": 1, "image_size": [48, 48]}
+    # a 2.5D candidate: the slice and its two neighbours as the three input channels
+    overrides = ["--slice_axis", "1", "--context", "1", "--in_channels", "3", "--num_workers", "0"]
+    inputs = candidate_inputs(hippo, overrides)
+    assert inputs == {"slice_axis": 1, "image_size": [48, 48], "context": 1, "in_channels": 3}
 
     spec = read_catalog()["hippocampus"]
-    current = shipped_geometry(spec, geometry)
-    assert current == {"slice_axis": spec.slice_axis, "image_size": list(spec.roi_size)}
+    current = shipped_inputs(spec, inputs)
+    # the shipped model is scored as it runs, not with the candidate's 2.5D context
+    assert current == {
+        "slice_axis": spec.slice_axis,
+        "image_size": list(spec.roi_size),
+        "context": spec.context,
+        "in_channels": spec.in_channels,
+    }
     evaluated = parse_overrides(evaluation_overrides(overrides, current, spec))
     assert evaluated == {"num_workers": 0, "largest_component": True, **current}
+    assert parse_overrides(evaluation_overrides(overrides, inputs, spec))["context"] == 1
 
     copy = tmp_path / "hippocampus"
     shutil.copytree(
         bundle_dir("hippocampus") / "models", copy / "models", ignore=shutil.ignore_patterns("*.pt", "*.ts")
     )
-    update_spec_geometry(copy, {"slice_axis": 2, "image_size": [64, 64]})
+    update_spec_inputs(copy, {"slice_axis": 2, "image_size": [64, 64], "context": 1, "in_channels": 3})
     written = json.loads((copy / "models" / "model.json").read_text())
     shipped = json.loads((bundle_dir("hippocampus") / "models" / "model.json").read_text())
-    assert written["slice_axis"] == 2 and written["roi_size"] == [64, 64]
-    assert {k: v for k, v in written.items() if k not in ("slice_axis", "roi_size")} == {
-        k: v for k, v in shipped.items() if k not in ("slice_axis", "roi_size")
+    changed = ("slice_axis", "roi_size", "context", "in_channels")
+    assert [written[k] for k in changed] == [2, [64, 64], 1, 3]
+    assert {k: v for k, v in written.items() if k not in changed} == {
+        k: v for k, v in shipped.items() if k not in changed
     }
+    reread = read_bundle(copy)  # the catalog reads the written spec back as a 2.5D model
+    assert (reread.context, reread.in_channels, reread.slice_axis) == (1, 3, 2)
 
 
 def test_ship_refuses_malformed_overrides_with_a_usage_error(tmp_path, capsys):

@@ -3,12 +3,12 @@
 The candidate is stored in half precision (58.6 MB instead of 117 MB) only if its validation Dice equals the
 float32 model's to three decimals; it replaces the bundle's ``models/model.pt`` only if its mean validation Dice
 is at least :data:`MIN_DICE_GAIN` (0.01) higher than the shipped model's. Each model is evaluated the way it
-runs: at its own slice axis and size (the shipped one from its bundle's ``models/model.json``, the candidate from
-the configs and overrides), with the shipped post-processing. Shipping writes the candidate's slice axis and
-size into ``models/model.json``, its figures (overall and per dataset folder) to ``models/metrics.json`` for the
-model card, and the new file's sha256 into the bundle's ``large_files.yml`` (which the loader checks shipped
-files against). Shipping also refreshes the bundle's float32 TorchScript export (``models/model.ts``, which git
-ignores: ``make export`` builds it), so a local export never lags the weights.
+runs: with its own inputs (slice axis, plane size, 2.5D context and input channels; the shipped one's from its
+bundle's ``models/model.json``, the candidate's from the configs and overrides), with the shipped post-processing.
+Shipping writes the candidate's inputs into ``models/model.json``, its figures (overall and per dataset folder)
+to ``models/metrics.json`` for the model card, and the new file's sha256 into the bundle's ``large_files.yml``
+(which the loader checks shipped files against). Shipping also refreshes the bundle's float32 TorchScript export
+(``models/model.ts``, which git ignores: ``make export`` builds it), so a local export never lags the weights.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from .torchscript_export import export_torchscript
 
 __all__ = [
     "FIGURES",
-    "GEOMETRY",
+    "INPUTS",
     "as_overrides",
-    "candidate_geometry",
+    "candidate_inputs",
     "evaluate",
     "evaluation_overrides",
     "half_precision",
@@ -47,15 +47,17 @@ __all__ = [
     "parse_overrides",
     "record_large_file",
     "release_url",
-    "shipped_geometry",
+    "shipped_inputs",
     "summarise",
-    "update_spec_geometry",
+    "update_spec_inputs",
 ]
 
 FIGURES = ("dice", "iou", "precision", "recall", "hd95", "volume_diff_ml")
 # Every weights file committed stays in the history for good (58.6 MB each): a new one ships only for a clear gain.
 MIN_DICE_GAIN = 0.01
-GEOMETRY = {"slice_axis": "slice_axis", "image_size": "roi_size"}  # config key -> catalog key
+# How a network must be fed, as it was trained (config key -> model.json key): a 2.5D candidate evaluated or shipped
+# without its context would see the grey slice three times instead of its neighbours.
+INPUTS = {"slice_axis": "slice_axis", "image_size": "roi_size", "context": "context", "in_channels": "in_channels"}
 RELEASES_URL = "https://github.com/doubleunet-segment/DoubleUNetSegment/releases/download"
 LARGE_FILES_HEADER = """\
 # The bundle's weight files in the MONAI model-zoo format: path (relative to the bundle), url, hash_val, hash_type.
@@ -85,8 +87,8 @@ def parse_overrides(overrides: list[str]) -> dict:
     return values
 
 
-def candidate_geometry(configs: list[str], overrides: list[str]) -> dict:
-    """The slice axis and image size the candidate was trained with (those the configs define): overrides over
+def candidate_inputs(configs: list[str], overrides: list[str]) -> dict:
+    """The inputs the candidate was trained with (those of :data:`INPUTS` the configs define): overrides over
     the configs.
 
     Args:
@@ -94,21 +96,26 @@ def candidate_geometry(configs: list[str], overrides: list[str]) -> dict:
         overrides: the training run's ``--key value`` overrides.
 
     Returns:
-        ``slice_axis`` and/or ``image_size`` (config keys, see :data:`GEOMETRY`).
+        e.g. ``{"slice_axis": 1, "image_size": [48, 48], "context": 1, "in_channels": 3}`` (config keys).
 
     Raises:
         ValueError: ``overrides`` is not a list of ``--key value`` pairs.
     """
     parser = ConfigParser()
     parser.read_config(configs)
-    merged = {k: parser.get(k) for k in GEOMETRY if parser.get(k) is not None}
-    merged.update({k: v for k, v in parse_overrides(overrides).items() if k in GEOMETRY})
+    merged = {k: parser.get(k) for k in INPUTS if parser.get(k) is not None}
+    merged.update({k: v for k, v in parse_overrides(overrides).items() if k in INPUTS})
     return merged
 
 
-def shipped_geometry(spec: ModelSpec, keys: dict) -> dict:
-    """The shipped slice axis and size of ``spec``, under the config keys present in ``keys``."""
-    values = {"slice_axis": spec.slice_axis_setting, "image_size": list(spec.roi_size)}
+def shipped_inputs(spec: ModelSpec, keys: dict) -> dict:
+    """The shipped inputs of ``spec`` (see :data:`INPUTS`), under the config keys present in ``keys``."""
+    values = {
+        "slice_axis": spec.slice_axis_setting,
+        "image_size": list(spec.roi_size),
+        "context": spec.context,
+        "in_channels": spec.in_channels,
+    }
     return {k: values[k] for k in keys}
 
 
@@ -117,23 +124,23 @@ def as_overrides(values: dict) -> list[str]:
     return [part for key, value in values.items() for part in (f"--{key}", repr(value))]
 
 
-def evaluation_overrides(overrides: list[str], geometry: dict, spec: ModelSpec) -> list[str]:
-    """The user's overrides with ``geometry`` in place of theirs, plus the shipped model's post-processing."""
-    kept = {k: v for k, v in parse_overrides(overrides).items() if k not in GEOMETRY}
+def evaluation_overrides(overrides: list[str], inputs: dict, spec: ModelSpec) -> list[str]:
+    """The user's overrides with ``inputs`` in place of theirs, plus the shipped model's post-processing."""
+    kept = {k: v for k, v in parse_overrides(overrides).items() if k not in INPUTS}
     if spec.largest_component:
         kept["largest_component"] = True
-    return as_overrides({**kept, **geometry})
+    return as_overrides({**kept, **inputs})
 
 
-def update_spec_geometry(bundle: Path, geometry: dict) -> None:
-    """Write ``geometry`` (config keys) into the bundle's ``models/model.json``, atomically.
+def update_spec_inputs(bundle: Path, inputs: dict) -> None:
+    """Write ``inputs`` (config keys, see :data:`INPUTS`) into the bundle's ``models/model.json``, atomically.
 
     Raises:
         FileNotFoundError: the bundle has no ``models/model.json``.
     """
     path = bundle / "models" / paths.MODEL_SPEC_NAME
     spec = json.loads(path.read_text())
-    spec.update({GEOMETRY[k]: v for k, v in geometry.items()})
+    spec.update({INPUTS[k]: v for k, v in inputs.items()})
     atomic_write_text(path, json.dumps(spec, indent=2) + "\n", overwrite=True)
 
 
@@ -283,29 +290,29 @@ def main(argv: list[str] | None = None) -> int:
         str(spec.bundle / "configs" / "evaluate.json"),
     ]
     try:
-        geometry = candidate_geometry(configs, overrides)
+        inputs = candidate_inputs(configs, overrides)
     except ValueError as err:
         parser.error(str(err))
     best = args.run / "models" / "model.pt"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         half = half_precision(best, tmp / "half.pt")
-        candidate = evaluation_overrides(overrides, geometry, spec)
+        candidate = evaluation_overrides(overrides, inputs, spec)
         full_fig = evaluate(configs, best, tmp / "fp32", candidate)
         half_fig = evaluate(configs, half, tmp / "fp16", candidate)
-        print(f"candidate {geometry}: mean Dice fp32 {full_fig['mean_dice']:.4f}, fp16 {half_fig['mean_dice']:.4f}")
+        print(f"candidate {inputs}: mean Dice fp32 {full_fig['mean_dice']:.4f}, fp16 {half_fig['mean_dice']:.4f}")
         if round(full_fig["mean_dice"], 3) != round(half_fig["mean_dice"], 3):
             print("half precision changes the Dice at 3 decimals: not shipped")
             return 1
         if spec.weights.is_file():
-            current = shipped_geometry(spec, geometry)
+            current = shipped_inputs(spec, inputs)
             shipped = evaluate(configs, spec.weights, tmp / "shipped", evaluation_overrides(overrides, current, spec))
             print(f"shipped {current}: mean Dice {shipped['mean_dice']:.4f}")
             if half_fig["mean_dice"] < shipped["mean_dice"] + MIN_DICE_GAIN:
                 print(f"the candidate does not beat the shipped model by {MIN_DICE_GAIN} Dice: shipped model kept")
                 return 1
         install_weights(half, spec.weights, spec.bundle)
-    update_spec_geometry(spec.bundle, geometry)
+    update_spec_inputs(spec.bundle, inputs)
     record = {"source_run": str(args.run), "overrides": candidate, "fp32_mean_dice": full_fig["mean_dice"], **half_fig}
     metrics = spec.weights.with_name("metrics.json")
     atomic_write_text(metrics, json.dumps(record, indent=1) + "\n", overwrite=True)

@@ -38,7 +38,7 @@ from typing import Any
 
 from .. import paths
 from ..data.atomic import atomic_write_text
-from ..release.ship import GEOMETRY, as_overrides, parse_overrides
+from ..release.ship import INPUTS, as_overrides, parse_overrides
 
 __all__ = [
     "DONE_MARKER",
@@ -240,14 +240,14 @@ def stage_command(bundle: Path, stage: Stage, output_dir: Path, extra: dict[str,
 def promote_command(bundle: Path, recipe: Recipe, output_dir: Path, extra: dict[str, Any] | None = None) -> list[str]:
     """The :mod:`doubleunet_segment.release.ship` command that promotes the last stage's best model.
 
-    It passes the last stage's geometry overrides (``image_size``, ``slice_axis``: what ship records in
-    ``models/model.json``), so the candidate is evaluated as it was trained.
+    It passes the last stage's input overrides (``image_size``, ``slice_axis``, ``context``, ``in_channels``:
+    what ship records in ``models/model.json``), so the candidate is evaluated as it was trained.
     """
     last = recipe.stages[-1]
     values = {**last.overrides, **(extra or {})}
-    geometry = {key: value for key, value in values.items() if key in GEOMETRY}
+    inputs = {key: value for key, value in values.items() if key in INPUTS}
     cmd = [sys.executable, "-m", "doubleunet_segment.release.ship", str(output_dir / last.name), "--name", bundle.name]
-    return cmd + (["--", *as_overrides(geometry)] if geometry else [])
+    return cmd + (["--", *as_overrides(inputs)] if inputs else [])
 
 
 def run_recipe(
