@@ -95,6 +95,10 @@ def test_ship_refuses_malformed_overrides_with_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--name", "polyp", str(tmp_path), "--", "--image_size"])
     assert exit_info.value.code == 2 and "--key value pairs" in capsys.readouterr().err
+    # the order the model cards and the recipe print: RUN, then --name, then the overrides after --
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path), "--name", "polyp", "--", "--image_size"])
+    assert exit_info.value.code == 2 and "--key value pairs" in capsys.readouterr().err
 
 
 def test_shipping_new_weights_records_their_sha256_so_the_loader_accepts_them(tmp_path, monkeypatch, polyp_model):

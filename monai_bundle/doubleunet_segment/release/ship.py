@@ -279,10 +279,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", required=True, help="shipped model (bundle) name, e.g. polyp")
     parser.add_argument("--config", action="append", default=[], help="extra config over train.json (repeatable)")
     parser.add_argument(
-        "overrides", nargs=argparse.REMAINDER, help="bundle overrides after --, e.g. --image_size [128,128]"
+        "overrides", nargs="*", metavar="-- OVERRIDES", help="bundle overrides after --, e.g. --image_size [128,128]"
     )
-    args = parser.parse_args(argv)
-    overrides = [o for o in args.overrides if o != "--"]
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Split at "--" by hand: an argparse REMAINDER after RUN would also swallow a --name written after RUN.
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:cut])
+    overrides = [*args.overrides, *argv[cut + 1 :]]
     spec = read_catalog()[args.name]
     configs = [
         str(spec.bundle / "configs" / "train.json"),
