@@ -68,7 +68,7 @@ def test_one_bundle_per_shipped_model_sharing_one_package():
         assert not list(root.rglob("*.py"))  # no copied code: every bundle imports the one package
     meta = {name: json.loads((BUNDLES / name / "configs" / "metadata.json").read_text()) for name in NAMES}
     assert meta["polyp"]["network_data_format"]["inputs"]["image"]["num_channels"] == 3
-    assert meta["hippocampus"]["network_data_format"]["inputs"]["image"]["num_channels"] == 1
+    assert meta["hippocampus"]["network_data_format"]["inputs"]["image"]["num_channels"] == 3  # 2.5D: 3 slices
     assert meta["hippocampus"]["network_data_format"]["outputs"]["pred"]["num_channels"] == 3
     assert not any("hippocampus" in k for k in meta["polyp"]["eval_metrics"])  # each bundle: its own model's figures
     assert "Kvasir" in (POLYP / "docs" / "data_license.txt").read_text()

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from doubleunet_segment.release.ship import INPUTS
 from doubleunet_segment.training import recipe
 from doubleunet_segment.training.recipe import DONE_MARKER, main, read_recipe
 from helpers import REPO, needs_data
@@ -70,7 +71,11 @@ def test_shipped_recipes_validate_and_dry_run_prints_one_command_per_stage(name,
         assert option(cmd, "--init_weights") == str(Path(option(previous, "--output_dir")) / "models" / "model.pt")
     assert promote[1:4] == ["-m", "doubleunet_segment.release.ship", str(tmp_path / shipped.stages[-1].name)]
     assert option(promote, "--name") == name
-    assert option(promote, "--image_size") == repr(shipped.stages[-1].overrides["image_size"])
+    last = shipped.stages[-1].overrides
+    inputs = {key: value for key, value in last.items() if key in INPUTS}
+    assert inputs  # how the model is fed goes to ship, so the candidate is scored as it was trained
+    for key, value in inputs.items():
+        assert option(promote, f"--{key}") == repr(value)
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
 
 
@@ -81,8 +86,22 @@ def test_the_shipped_recipes_match_the_model_cards():
     assert polyp.stages[1].init == "scratch"
     assert polyp.stages[1].overrides == {"image_size": [128, 128], "learning_rate": 3e-05, "epochs": 20}
     hippo = read_recipe(BUNDLES / "hippocampus" / "configs" / "recipe.json")
-    assert hippo.names() == ["axis1"]
-    assert hippo.stages[0].overrides == {"slice_axis": 1, "image_size": [48, 48], "epochs": 4}
+    assert hippo.names() == ["axis1", "context1"]  # 2D from scratch, then the 2.5D fine-tune
+    assert hippo.stages[0].overrides == {
+        "slice_axis": 1,
+        "image_size": [48, 48],
+        "context": 0,
+        "in_channels": 1,
+        "epochs": 4,
+    }
+    assert hippo.stages[1].init == "axis1"
+    assert hippo.stages[1].overrides == {
+        "context": 1,
+        "in_channels": 3,
+        "lr_patience": 0,
+        "epoch_length": 300,
+        "epochs": 6,
+    }
 
 
 @pytest.mark.parametrize(
