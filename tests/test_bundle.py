@@ -227,8 +227,9 @@ def test_torchscript_export_of_another_shipped_model(tmp_path):
     assert main(["--model", "hippocampus", "-o", str(tmp_path / "hippo.ts")]) == 0
     scripted = torch.jit.load(str(tmp_path / "hippo.ts"))
     assert {p.dtype for p in scripted.parameters()} == {torch.float32}
-    eager = load_model(read_catalog()["hippocampus"])
-    x = torch.rand(2, 1, 48, 48)
+    spec = read_catalog()["hippocampus"]
+    eager = load_model(spec)
+    x = torch.rand(2, spec.in_channels, 48, 48)  # 3: the 2.5D model takes each slice with its two neighbours
     with torch.no_grad():
         assert (scripted(x) - eager(x)).abs().max() <= 1e-5
     assert [p.name for p in tmp_path.iterdir()] == ["hippo.ts"]  # no temporary file left behind

@@ -52,15 +52,22 @@ def _damage(path) -> None:
 
 @pytest.mark.skipif(not paths.sample_data().is_dir(), reason="no sample data")
 def test_int8_is_checked_cached_per_weights_file_and_refused_once_damaged(tmp_path, private_cache):
-    """The shipped hippocampus model through the engine's own choice (one quantization per weights file)."""
+    """The shipped hippocampus model through the engine's own choice (one quantization per weights file).
+
+    The 2.5D weights of 0.6.0 fail the mask check on an AVX2 CPU (worst check crop 0.897) where the 2D weights
+    before them passed (0.9953), so the check itself is what is pinned: its verdict follows its figures."""
     bundle = tmp_path / "hippocampus"
     shutil.copytree(paths.bundles_root() / "hippocampus", bundle, ignore=shutil.ignore_patterns("*.ts", "docs"))
     spec = read_bundle(bundle)
 
     first = Predictor(spec, "cpu")
     decision = next(v for k, v in json.loads((paths.cache_dir() / "decisions.json").read_text()).items() if "int8" in k)
-    assert decision["accepted"] and decision["min_dice"] >= 0.99 and decision["images"] == 4
-    assert ("int8" in first.path_reason) and (first.precision == "int8") == (decision["low_s"] < decision["fp32_s"])
+    assert decision["images"] == 4 and decision["accepted"] == (decision["min_dice"] >= 0.99)
+    assert "int8" in first.path_reason
+    if decision["accepted"]:
+        assert (first.precision == "int8") == (decision["low_s"] < decision["fp32_s"])
+    else:
+        assert first.precision == "fp32" and "int8 rejected" in first.path_reason
     int8_files = list((paths.cache_dir() / "onnx").glob("*-int8-*.onnx"))
     assert len(int8_files) == 1
 

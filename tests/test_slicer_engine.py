@@ -104,7 +104,7 @@ def test_panel_command_runs_the_real_cli_and_its_result_imports(
 
 
 def test_shipped_hippocampus_result_rethresholds_to_its_one_piece_labels(tmp_path: Path) -> None:
-    case = DATA / "msd-hippocampus" / "imagesTr" / "hippocampus_037.nii.gz"  # islands without the rule
+    case = DATA / "msd-hippocampus" / "imagesTr" / "hippocampus_164.nii.gz"  # islands without the rule
     if not (find_bundle_root(REPO / "DoubleUNetSegment") / "hippocampus" / "models" / "model.pt").is_file():
         pytest.fail("the shipped hippocampus weights are missing")
     options = EngineOptions(model="hippocampus", device="cpu", save_probabilities=True)
