@@ -274,18 +274,19 @@ def main(argv: list[str] | None = None) -> int:
         0 when the candidate shipped, 1 when it was not (half precision changes the Dice, or the shipped
         model is as good).
     """
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        usage="%(prog)s RUN --name NAME [--config CONFIG] [-- OVERRIDES ...]",
+        description=__doc__,
+        epilog="OVERRIDES: bundle overrides after --, e.g. -- --image_size [128,128] --num_workers 0",
+    )
     parser.add_argument("run", type=Path, help="training output folder (holds models/model.pt)")
     parser.add_argument("--name", required=True, help="shipped model (bundle) name, e.g. polyp")
     parser.add_argument("--config", action="append", default=[], help="extra config over train.json (repeatable)")
-    parser.add_argument(
-        "overrides", nargs="*", metavar="-- OVERRIDES", help="bundle overrides after --, e.g. --image_size [128,128]"
-    )
     argv = sys.argv[1:] if argv is None else list(argv)
     # Split at "--" by hand: an argparse REMAINDER after RUN would also swallow a --name written after RUN.
     cut = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:cut])
-    overrides = [*args.overrides, *argv[cut + 1 :]]
+    overrides = argv[cut + 1 :]
     spec = read_catalog()[args.name]
     configs = [
         str(spec.bundle / "configs" / "train.json"),
