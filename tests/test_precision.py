@@ -5,6 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from doubleunet_segment import paths
+from doubleunet_segment.catalog import resolve_model
+from doubleunet_segment.data.datalist import load_items
+from doubleunet_segment.data.image_io import read_volume_file
 from doubleunet_segment.inference import precision
 from doubleunet_segment.inference.onnx_runtime import onnxruntime_providers
 
@@ -109,3 +113,22 @@ def test_a_decision_measured_on_one_cpu_kind_is_not_reused_on_another(tmp_path, 
     monkeypatch.setattr(cpu, "cpu_has_vnni", lambda: not cpu.VNNI_FLAGS & cpu.cpu_flags())  # the other kind
     assert precision.device_name(CPU) != name
     assert cache.get(weights, CPU, "int8") is None
+
+
+@pytest.mark.skipif(not paths.sample_data().is_dir(), reason="no sample data")
+def test_a_crop_sized_volume_is_checked_whole_and_a_large_one_on_its_central_slab(monkeypatch):
+    """The check's unit is the case: four middle slices of a hippocampus crop held an 11-pixel sliver of one
+    structure, whose 4 flipped pixels read as Dice 0.897. A volume larger than CHECK_PIXELS keeps its middle."""
+    spec = resolve_model("hippocampus")
+    item = load_items(paths.sample_data(), spec.bundle / "configs" / "datalist.json", "validation", 1)[0]
+    volume = read_volume_file(item["image"]).array  # (1, X, Y, Z); the model slices along Y
+    (whole,) = precision.validation_images(spec, 1)
+    np.testing.assert_array_equal(whole, volume)
+
+    depth = volume.shape[2]
+    (four,) = precision.validation_images(spec, 1, slices=4)
+    np.testing.assert_array_equal(four, volume[:, :, (depth - 4) // 2 : (depth - 4) // 2 + 4])
+
+    monkeypatch.setattr(precision, "CHECK_PIXELS", 10 * volume.shape[1] * volume.shape[3] + 5)
+    (slab,) = precision.validation_images(spec, 1)
+    np.testing.assert_array_equal(slab, volume[:, :, (depth - 10) // 2 : (depth - 10) // 2 + 10])

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def test_kept_float_layers_have_no_quantized_inputs_and_the_rest_are_integer(tmp_path):
+def test_kept_float_layers_keep_float_weights_and_the_rest_are_integer(tmp_path):
     torch.manual_seed(0)
     fp32 = export_onnx(DoubleUNet(in_channels=1, out_channels=1).eval(), tmp_path / "m.onnx", size=32)
     calibration = [np.random.default_rng(i).random((2, 1, 32, 32), dtype=np.float32) for i in range(2)]
@@ -31,9 +31,12 @@ def test_kept_float_layers_have_no_quantized_inputs_and_the_rest_are_integer(tmp
     dequantized = {out for n in graph.node if n.op_type == "DequantizeLinear" for out in n.output}
     convs = {n.name: n for n in graph.node if n.op_type == "Conv"}
     kept = [name for name in convs if name.startswith(("/head2/", "/encoder1/stages.0/"))]
-    assert kept and all(not set(convs[name].input) & dequantized for name in kept)
+    assert kept and all(convs[name].input[1] not in dequantized for name in kept)  # float32 weights
     others = [name for name in convs if name not in kept]
-    assert all(set(convs[name].input) & dequantized for name in others)
+    assert all(convs[name].input[1] in dequantized for name in others)
+    # the ops between convolutions are quantized too: pooling, concatenation, upsampling, excitation products
+    between = {n.op_type for n in graph.node if set(n.input) & dequantized} - {"Conv", "MatMul"}
+    assert {"MaxPool", "Concat", "Resize", "Mul"} <= between
     assert not list(tmp_path.glob("*.tmp"))
     x = torch.from_numpy(calibration[0])
     assert OnnxNetwork(int8)(x).shape == (2, 1, 32, 32)
@@ -54,8 +57,8 @@ def _damage(path) -> None:
 def test_int8_is_checked_cached_per_weights_file_and_refused_once_damaged(tmp_path, private_cache):
     """The shipped hippocampus model through the engine's own choice (one quantization per weights file).
 
-    The 2.5D weights of 0.6.0 fail the mask check on an AVX2 CPU (worst check crop 0.897) where the 2D weights
-    before them passed (0.9953), so the check itself is what is pinned: its verdict follows its figures."""
+    The check's verdict depends on the CPU (7-bit weights without VNNI), so what is pinned is that it follows its
+    figures: on whole validation crops the 2.5D weights pass on an AVX2 CPU (worst 0.9941, pooled 0.9964)."""
     bundle = tmp_path / "hippocampus"
     shutil.copytree(paths.bundles_root() / "hippocampus", bundle, ignore=shutil.ignore_patterns("*.ts", "docs"))
     spec = read_bundle(bundle)

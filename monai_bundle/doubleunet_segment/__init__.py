@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from ._lazy import lazy_exports
 
-__version__ = "0.6.0"
+__version__ = "0.6.1"
 
 _PUBLIC = {
     "DoubleUNet": "networks.doubleunet",

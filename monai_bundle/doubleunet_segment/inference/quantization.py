@@ -3,10 +3,13 @@
 The float32 ONNX export (:mod:`.onnx_runtime`) is quantized with ONNX Runtime's ``quantize_static``:
 
 - weights per output channel (signed int8), activations per tensor (unsigned int8), QDQ format, so ONNX Runtime
-  fuses each ``DequantizeLinear -> Conv -> QuantizeLinear`` into an integer convolution;
+  fuses each ``DequantizeLinear -> Conv -> QuantizeLinear`` into an integer convolution; the pooling,
+  concatenation, upsampling and squeeze-and-excite ops between convolutions are quantized too
+  (:data:`QUANTIZED_OPS`);
 - activation ranges from the network inputs of the model's own training images, as the engine feeds them
   (same normalisation, resizing and batching), with MinMax calibration;
-- convolutions named in ``keep_float`` stay float32 (the mask heads or the first layers, where a model needs it);
+- nodes named in ``keep_float`` stay float32 (the mask heads or the first layers, where a model needs it): their
+  weights and arithmetic; an input they take from a quantized node arrives rounded to that node's uint8 grid;
 - on CPUs without VNNI, weights use 7 bits (``reduce_range``): AVX2's ``vpmaddubsw`` adds pairs of u8 x s8
   products into saturating int16, which 8-bit weights overflow. On the shipped polyp model, all convolutions
   quantized on an AVX2-only EPYC: worst validation image Dice vs fp32 0.54 with 8-bit weights, 0.82 with 7-bit.
@@ -28,7 +31,12 @@ from .cpu import cpu_has_vnni
 
 __all__ = ["QUANTIZED_OPS", "quantize_int8"]
 
-QUANTIZED_OPS = ("Conv", "MatMul")  # the convolutions and the squeeze-and-excite dense layers
+# The convolutions and the squeeze-and-excite dense layers, and the ops between them, so that tensors stay uint8
+# from one convolution to the next instead of going through float32 at each pooling, concatenation, upsampling,
+# excitation and mask product. Hippocampus 2.5D model, AVX2-only EPYC, 2 threads, batch 16 of 48 x 48, 15
+# interleaved runs: median 0.299 s against 0.345 s with Conv and MatMul alone (0.89 s against 1.02 s at batch 52);
+# validation crops' masks against float32, worst of 21: Dice 0.9949 against 0.9941.
+QUANTIZED_OPS = ("Conv", "MatMul", "MaxPool", "Concat", "Resize", "Mul", "ReduceMean", "Sigmoid", "Softmax")
 
 
 def quantize_int8(
