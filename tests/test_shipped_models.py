@@ -25,7 +25,8 @@ from scipy import ndimage
 
 CATALOG = read_catalog()
 POLYP_DICE_FLOOR = 0.68  # measured 0.750 on these six frames (threshold 0.4), 0.726 on all 80 validation frames
-# measured on the two cases: anterior 0.906 and 0.909, posterior 0.915 and 0.902 (0.899 / 0.892 on all 21)
+# measured on the two cases: anterior 0.906 and 0.909, posterior 0.915 and 0.902 (0.899 / 0.892 on all 21) in
+# float32; on an AVX2 CPU's int8 path 0.908 and 0.910, 0.918 and 0.902
 HIPPO_DICE_FLOOR = {"Anterior hippocampus": 0.88, "Posterior hippocampus": 0.88}
 
 pytestmark = needs_data
@@ -72,12 +73,14 @@ def test_hippocampus_model_on_validation_volumes():
 
 
 def test_cli_switch_keeps_every_piece(tmp_path):
-    # on this validation case the shipped model leaves islands (posterior in 3 pieces) that the default removes
+    # on this validation case the shipped model leaves islands (posterior in 3 pieces) that the default removes; in
+    # float32: the int8 path an AVX2 CPU takes leaves none here, and no other validation case has any on either path
     item = next(d for d in validation("hippocampus", 21) if d["image"].name == "hippocampus_164.nii.gz")
     counts = {}
     for switch in ("--largest-component", "--no-largest-component"):
         out = tmp_path / switch
         args = [str(item["image"]), "-o", str(out), "--model", "hippocampus", "--format", "nifti", "--progress", "none"]
+        args += ["--precision", "fp32", "--backend", "torch"]
         assert main([*args, switch]) == 0
         labels = np.asarray(nib.load(next(out.rglob("*.nii.gz"))).dataobj)
         counts[switch] = [ndimage.label(labels == v, np.ones((3, 3, 3)))[1] for v in (1, 2)]
