@@ -80,8 +80,8 @@ def main() -> None:
     base = next(iter(rows.values()))["seconds"]
     for name, row in rows.items():
         print(
-            f"  {name:30s} {row['seconds']:6.3f} s/crop  {base / row['seconds']:4.2f}x float32  "
-            f"worst Dice vs float32 {row['worst_dice_vs_fp32']:.4f}  ({row['path']})"
+            f"  {name:30s} {row['seconds']:6.3f} s/crop  {base / row['seconds']:4.2f}x axis-{spec.slice_axis} float32  "
+            f"worst Dice vs axis-{spec.slice_axis} float32 {row['worst_dice_vs_fp32']:.4f}  ({row['path']})"
         )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

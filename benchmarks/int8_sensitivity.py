@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from doubleunet_segment.catalog import resolve_model
     from doubleunet_segment.inference.precision import MIN_IMAGE_DICE, mask_dice, validation_images
-    from doubleunet_segment.inference.predictor import Predictor
+    from doubleunet_segment.inference.predictor import CALIBRATION_SLICES, Predictor
 
     try:
         spec = resolve_model(args.model)
@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(err))
     predictor = Predictor(spec, precision="fp32", backend="torch", device="cpu")
     network = predictor._torch_network.float().to(memory_format=torch.contiguous_format).eval()
-    calibration = predictor._network_inputs(predictor._as_fed(validation_images(spec, args.calibration, "training")))
+    training = validation_images(spec, args.calibration, "training", CALIBRATION_SLICES)  # as the engine calibrates
+    calibration = predictor._network_inputs(predictor._as_fed(training))
     inputs = predictor._network_inputs(predictor._as_fed(validation_images(spec, args.images)))
     if not calibration or not inputs:
         print(f"model {spec.name!r}: no sample images here", file=sys.stderr)

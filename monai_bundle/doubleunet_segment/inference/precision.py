@@ -27,10 +27,10 @@ from .inferer import cpu_supports_bf16
 
 __all__ = [
     "BACKENDS",
+    "CHECK_PIXELS",
     "MIN_DICE",
     "MIN_IMAGE_DICE",
     "PRECISIONS",
-    "CHECK_PIXELS",
     "VALIDATION_IMAGES",
     "DecisionCache",
     "PrecisionCheck",
@@ -50,10 +50,11 @@ BACKENDS = ("auto", "torch", "onnx")
 MIN_DICE = 0.995  # reduced precision must reproduce the fp32 masks this closely, all images pooled
 MIN_IMAGE_DICE = 0.99  # ... and each image on its own: a pooled figure can hide one ruined small structure
 VALIDATION_IMAGES = 4
-# A volume is compared on its central slab of at most this many pixels (four 512 x 512 slices), so a crop-sized
-# volume is compared whole. Four middle slices of a hippocampus crop were the unit before 0.6.1: there one
-# structure can be a sliver (11 pixels), and 4 pixels flipping by int8 rounding read as Dice 0.897 for a model
-# whose whole crops agree >= 0.994 and whose validation Dice against the labels int8 keeps (0.8959 both).
+# A volume is compared on its central slab of at most this many pixels per channel (four 512 x 512 slices), at
+# least one slice, so a crop-sized volume is compared whole. Four middle slices of a hippocampus crop were the unit
+# before 0.6.1: there one structure can be a sliver (11 pixels), and 4 pixels flipping by int8 rounding read as
+# Dice 0.897 for a model whose whole crops agree >= 0.994 and whose validation Dice against the labels int8 and
+# float32 share to 0.0001.
 CHECK_PIXELS = 4 * 512 * 512
 
 
@@ -206,7 +207,8 @@ def validation_images(
         n: at most this many images.
         section: the datalist section (``training`` gives the int8 calibration images).
         slices: a volume's central slices along the model's slice axis; None: as many as fit in
-            :data:`CHECK_PIXELS` (a crop-sized volume whole, a 512 x 512 CT its middle four).
+            :data:`CHECK_PIXELS` per channel, at least one (a crop-sized volume whole, a 512 x 512 CT its middle
+            four).
     """
     from ..data.datalist import is_volume, load_items
     from ..data.image_io import read_image_2d, read_volume_file
@@ -224,7 +226,7 @@ def validation_images(
                 axis = spec.slice_axis + 1
                 depth = array.shape[axis]
                 plane = array[0].size // depth
-                count = min(depth, slices or max(CHECK_PIXELS // plane, 1))
+                count = min(depth, slices if slices is not None else max(CHECK_PIXELS // plane, 1))
                 start = (depth - count) // 2
                 array = np.take(array, range(start, start + count), axis=axis)
             else:
