@@ -154,7 +154,7 @@ def test_the_same_head_stored_otherwise_gives_the_same_volumes(tmp_path):
     conformed original's (3% for the resampled copy).
 
     In float32: this pins the geometry, not the CPU's precision path (int8 is held to float32's masks by its own
-    check; on an AVX2 CPU the int8 path measured -3.4% on the left of the resampled copy)."""
+    check; an int8 run on an AVX2 CPU measured -3.4% on the left of the resampled copy)."""
     import SimpleITK as sitk
     from doubleunet_segment.data.dicom_export import write_volume_as_series
 
